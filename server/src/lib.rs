@@ -1,0 +1,25 @@
+//! bypass: an HTTP/1.1 server for a Django `STATIC_ROOT` and `MEDIA_ROOT`, on io_uring with an
+//! epoll fallback.
+//!
+//! The crate is split so that everything deciding *what* to answer is pure code, and only the
+//! engines touch sockets:
+//! - [`http`]: request parsing and framing checks, response heads, dates;
+//! - [`files`]: mounts, request-path decoding, the Django manifest, content types, and the one
+//!   place that opens files (`openat2` beneath the mount root);
+//! - [`serve`]: the response decision (validators, ranges, content negotiation, cache policy);
+//! - [`conn`]: the per-connection state machine every engine drives (pipelining, keep-alive);
+//! - [`engine`]: the written engine contract and the engines that move bytes.
+
+pub mod config;
+pub mod conn;
+pub mod engine;
+pub mod files;
+pub mod http;
+pub mod serve;
+
+/// Runs the server with these command-line arguments; returns the process exit code.
+pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
+    let _ = args.into_iter();
+    eprintln!("bypass: not built yet");
+    2
+}
