@@ -17,9 +17,6 @@ pub mod files;
 pub mod http;
 pub mod serve;
 
-/// Runs the server with these command-line arguments; returns the process exit code.
-pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
-    let _ = args.into_iter();
-    eprintln!("bypass: not built yet");
-    2
-}
+mod runtime;
+
+pub use runtime::run;

@@ -3,4 +3,6 @@
 
 pub mod manifest;
 pub mod mime;
+pub mod mount;
+pub mod open;
 pub mod path;

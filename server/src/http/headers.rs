@@ -60,13 +60,25 @@ mod tests {
     #[test]
     fn names_are_case_insensitive_and_repeats_are_kept() {
         let fields = [
-            httparse::Header { name: "Accept-Encoding", value: b"gzip" },
-            httparse::Header { name: "host", value: b"x" },
-            httparse::Header { name: "accept-encoding", value: b"br;q=0.5" },
+            httparse::Header {
+                name: "Accept-Encoding",
+                value: b"gzip",
+            },
+            httparse::Header {
+                name: "host",
+                value: b"x",
+            },
+            httparse::Header {
+                name: "accept-encoding",
+                value: b"br;q=0.5",
+            },
         ];
         let h = Headers::new(&fields);
         assert_eq!(h.get("HOST"), Some(&b"x"[..]));
-        assert_eq!(h.get_all("Accept-Encoding").collect::<Vec<_>>(), vec![&b"gzip"[..], &b"br;q=0.5"[..]]);
+        assert_eq!(
+            h.get_all("Accept-Encoding").collect::<Vec<_>>(),
+            vec![&b"gzip"[..], &b"br;q=0.5"[..]]
+        );
         assert_eq!(h.count("accept-encoding"), 2);
         assert_eq!(h.get("range"), None);
     }

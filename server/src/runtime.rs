@@ -1,0 +1,220 @@
+//! Start-up and shutdown: from a command line to running workers and back to an exit code.
+
+use std::ffi::OsString;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{self, Command, Config, EngineChoice, MountKind};
+use crate::engine::uring::Uring;
+use crate::engine::{self, Engine, Shutdown, Timeouts, Worker};
+use crate::files::mount::PollOutcome;
+use crate::serve::Site;
+
+/// Exit code for a command line or environment the server cannot run with.
+pub const EXIT_USAGE: i32 = 2;
+
+/// Runs the server with these command-line arguments (program name excluded) and returns the
+/// process exit code: 0 after a clean shutdown, 2 for anything wrong with the command line or
+/// the environment (said in one line on stderr), 1 if a worker failed.
+pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
+    let config = match config::parse(args) {
+        Ok(Command::Serve(config)) => config,
+        Ok(Command::Help) => {
+            print!("{}", config::USAGE);
+            return 0;
+        }
+        Ok(Command::Version) => {
+            println!("bypass {}", env!("CARGO_PKG_VERSION"));
+            return 0;
+        }
+        Err(e) => {
+            eprintln!("bypass: {e} (see bypass --help)");
+            return EXIT_USAGE;
+        }
+    };
+    match serve(&config) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("bypass: {message}");
+            EXIT_USAGE
+        }
+    }
+}
+
+/// Which engine runs, and the one line that explains the choice.
+fn choose_engine(choice: EngineChoice) -> Result<&'static str, String> {
+    match choice {
+        EngineChoice::Uring | EngineChoice::Auto => {
+            Uring::probe().map_err(|why| format!("cannot use the io_uring engine: {why}"))?;
+            Ok(Uring::NAME)
+        }
+        EngineChoice::Epoll => Err("the epoll engine is not built yet; use --engine uring".into()),
+    }
+}
+
+fn serve(config: &Config) -> Result<i32, String> {
+    let engine_name = choose_engine(config.engine)?;
+    let site = Arc::new(Site::new(config)?);
+    let (listeners, bound) = engine::bind_listeners(&config.listen, config.workers)?;
+    let shutdown =
+        Arc::new(Shutdown::new().map_err(|e| format!("creating the shutdown eventfd: {e}"))?);
+    block_stop_signals();
+    raise_fd_limit();
+
+    eprintln!(
+        "bypass: engine {engine_name}, {} worker{}",
+        config.workers,
+        if config.workers == 1 { "" } else { "s" }
+    );
+    for m in site.mounts.iter() {
+        match (&m.kind, &m.manifest) {
+            (MountKind::Static, Some(watch)) => {
+                let hashed = watch.snapshot().1.hashed.len();
+                let note = if watch.path().exists() {
+                    format!("manifest: {hashed} hashed files")
+                } else {
+                    "no manifest".to_string()
+                };
+                eprintln!(
+                    "bypass: static {} -> {} ({note})",
+                    m.prefix,
+                    m.dir.display()
+                );
+            }
+            _ => eprintln!("bypass: media {} -> {}", m.prefix, m.dir.display()),
+        }
+    }
+
+    let timeouts = Timeouts {
+        header_secs: config.header_timeout.as_secs(),
+        keepalive_secs: config.keepalive_timeout.as_secs(),
+        shutdown: config.shutdown_timeout,
+    };
+    let mut handles = Vec::with_capacity(config.workers);
+    for (index, listeners) in listeners.into_iter().enumerate() {
+        let worker = Worker {
+            index,
+            listeners,
+            site: Arc::clone(&site),
+            timeouts,
+            shutdown: Arc::clone(&shutdown),
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("bypass-w{index}"))
+            .spawn(move || Uring::run(worker))
+            .map_err(|e| format!("starting worker thread: {e}"))?;
+        handles.push(handle);
+    }
+    for addr in &bound {
+        eprintln!("bypass: listening on {addr}");
+    }
+    spawn_manifest_watcher(Arc::clone(&site), Arc::clone(&shutdown));
+    spawn_signal_waiter(Arc::clone(&shutdown));
+
+    let mut code = 0;
+    for handle in handles {
+        match handle.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                eprintln!("bypass: worker failed: {e}");
+                shutdown.request();
+                code = 1;
+            }
+            Err(_) => {
+                eprintln!("bypass: worker panicked");
+                shutdown.request();
+                code = 1;
+            }
+        }
+    }
+    Ok(code)
+}
+
+/// SIGTERM and SIGINT are taken synchronously by one thread (sigwait), so they are blocked in
+/// every thread, workers included; SIGPIPE is ignored because sends say MSG_NOSIGNAL anyway and
+/// a stray write must not kill the server.
+fn block_stop_signals() {
+    // SAFETY: sigset manipulation on a local set, then pthread_sigmask on this thread before
+    // any worker is spawned, so the workers inherit the mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+fn spawn_signal_waiter(shutdown: Arc<Shutdown>) {
+    std::thread::Builder::new()
+        .name("bypass-signals".into())
+        .spawn(move || {
+            // SAFETY: as in block_stop_signals; sigwait writes the signal number to `sig`.
+            let sig = unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGTERM);
+                libc::sigaddset(&mut set, libc::SIGINT);
+                let mut sig = 0;
+                libc::sigwait(&set, &mut sig);
+                sig
+            };
+            let name = if sig == libc::SIGINT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            };
+            eprintln!("bypass: {name}: finishing responses in flight, then exiting");
+            shutdown.request();
+        })
+        .expect("spawning the signal thread");
+}
+
+/// Polls every static mount's manifest once a second, so a fresh collectstatic is served
+/// without a restart.
+fn spawn_manifest_watcher(site: Arc<Site>, shutdown: Arc<Shutdown>) {
+    if !site.mounts.iter().any(|m| m.manifest.is_some()) {
+        return;
+    }
+    std::thread::Builder::new()
+        .name("bypass-manifest".into())
+        .spawn(move || {
+            while !shutdown.is_requested() {
+                std::thread::sleep(Duration::from_secs(1));
+                for m in site.mounts.iter() {
+                    let Some(watch) = &m.manifest else { continue };
+                    match watch.poll() {
+                        PollOutcome::Unchanged => {}
+                        PollOutcome::Loaded { hashed } => eprintln!(
+                            "bypass: {}: reloaded, {hashed} hashed files",
+                            watch.path().display()
+                        ),
+                        PollOutcome::Removed => eprintln!(
+                            "bypass: {}: removed, nothing is immutable now",
+                            watch.path().display()
+                        ),
+                        PollOutcome::Invalid(why) => eprintln!(
+                            "bypass: {}: ignored, keeping the previous one: {why}",
+                            watch.path().display()
+                        ),
+                    }
+                }
+            }
+        })
+        .expect("spawning the manifest watcher");
+}
+
+/// Each connection and each cached static file holds a descriptor; the default soft limit of
+/// 1024 is far below what a file server needs, so use the hard limit.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit with a pointer to a live rlimit.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
