@@ -16,6 +16,7 @@ use super::{Engine, LINGER_SECS, Shutdown, Timeouts, Worker, set_int_option};
 use crate::conn::{Conn, Phase};
 use crate::http::date;
 use crate::serve::Service;
+use crate::serve::reply::Segment;
 use bufring::BufRing;
 
 pub struct Uring;
@@ -29,6 +30,11 @@ const RECV_BUFS: u16 = 512;
 /// Send buffers kept for reuse, so that a busy worker does not allocate per reply while an idle
 /// connection holds none.
 const POOLED_SEND_BUFS: usize = 256;
+/// File ranges longer than this go out with sendfile(2) (page cache to socket, no copy through
+/// user space); shorter ones are read into the send buffer and coalesce with their head.
+const SENDFILE_ABOVE: u64 = 32 * 1024;
+/// Most bytes one connection sends by sendfile before the worker turns to others.
+const SENDFILE_TURN: u64 = 1 << 20;
 
 /// What a completion is for: the top byte of `user_data`; the rest is the connection slot or
 /// listener index.
@@ -41,6 +47,8 @@ enum Op {
     Timer = 4,
     Shutdown = 5,
     Cancel = 6,
+    /// The socket became writable again during a sendfile stream.
+    Writable = 7,
 }
 
 fn user_data(op: Op, index: usize) -> u64 {
@@ -136,6 +144,8 @@ struct Connection {
     truncated: bool,
     peer_eof: bool,
     last_progress: u64,
+    /// A large file range being sent with sendfile.
+    stream: Option<transmit::FileRange>,
 }
 
 struct UringWorker {
@@ -242,6 +252,7 @@ impl UringWorker {
             x if x == Op::Accept as u8 => self.on_accept(index, result, flags),
             x if x == Op::Recv as u8 => self.on_recv(index, result, flags),
             x if x == Op::Send as u8 => self.on_send(index, result),
+            x if x == Op::Writable as u8 => self.on_send(index, 0),
             x if x == Op::Timer as u8 => {
                 if !cqueue::more(flags) {
                     self.arm_timer();
@@ -271,7 +282,7 @@ impl UringWorker {
 
     fn arm_accept(&mut self, i: usize) {
         let entry = opcode::AcceptMulti::new(types::Fd(self.listeners[i].as_raw_fd()))
-            .flags(libc::SOCK_CLOEXEC)
+            .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
             .build()
             .user_data(user_data(Op::Accept, i));
         self.push(entry);
@@ -319,6 +330,7 @@ impl UringWorker {
             truncated: false,
             peer_eof: false,
             last_progress: self.now,
+            stream: None,
         };
         let slot = match self.free_slots.pop() {
             Some(slot) => {
@@ -426,7 +438,52 @@ impl UringWorker {
             if c.send_in_flight || c.state != State::Open {
                 return;
             }
+            if c.stream.is_some() {
+                match stream_file(c) {
+                    Streamed::Done => continue,
+                    Streamed::Blocked => {
+                        let entry = opcode::PollAdd::new(types::Fd(c.fd), libc::POLLOUT as u32)
+                            .build()
+                            .user_data(user_data(Op::Writable, slot));
+                        c.send_in_flight = true;
+                        c.inflight += 1;
+                        c.last_progress = self.now;
+                        self.push(entry);
+                        return;
+                    }
+                    Streamed::Truncated => {
+                        c.truncated = true;
+                        c.conn.output.clear();
+                        self.begin_linger(slot);
+                        return;
+                    }
+                    Streamed::Failed => {
+                        self.close_now(slot);
+                        return;
+                    }
+                }
+            }
             if c.sent < c.send_buf.len() {
+                // A head whose body follows by sendfile: send it now with MSG_MORE so that head
+                // and first body bytes leave in one segment.
+                if matches!(c.conn.output.front(), Some(Segment::File { len, .. }) if *len > SENDFILE_ABOVE)
+                {
+                    let pending = &c.send_buf[c.sent..];
+                    // SAFETY: sends from a live buffer of the given length on our own socket.
+                    let n = unsafe {
+                        libc::send(
+                            c.fd,
+                            pending.as_ptr().cast(),
+                            pending.len(),
+                            libc::MSG_MORE | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                        )
+                    };
+                    if n > 0 {
+                        c.sent += n as usize;
+                        c.last_progress = self.now;
+                        continue;
+                    }
+                }
                 let pending = &c.send_buf[c.sent..];
                 let entry =
                     opcode::Send::new(types::Fd(c.fd), pending.as_ptr(), pending.len() as u32)
@@ -455,8 +512,12 @@ impl UringWorker {
             }
             c.send_buf.clear();
             c.sent = 0;
-            let fill = transmit::fill(&mut c.conn.output, &mut c.send_buf, None);
+            let fill = transmit::fill(&mut c.conn.output, &mut c.send_buf, Some(SENDFILE_ABOVE));
             c.truncated |= fill.truncated;
+            if fill.stream.is_some() {
+                c.stream = fill.stream;
+                continue;
+            }
             if !c.send_buf.is_empty() {
                 continue;
             }
@@ -480,6 +541,7 @@ impl UringWorker {
         }
     }
 
+    /// A send or a writability poll completed.
     fn on_send(&mut self, slot: usize, result: i32) {
         let Some(c) = self.conns[slot].as_mut() else {
             return;
@@ -612,4 +674,49 @@ impl UringWorker {
             }
         }
     }
+}
+
+/// How far a sendfile turn got.
+enum Streamed {
+    /// The range is sent.
+    Done,
+    /// The socket is full, or this connection had its turn: wait for POLLOUT.
+    Blocked,
+    /// The file ended early: it was truncated after its head was sent.
+    Truncated,
+    Failed,
+}
+
+/// Sends as much of the connection's file range as the socket takes, up to one turn.
+fn stream_file(c: &mut Connection) -> Streamed {
+    let Some(stream) = c.stream.as_mut() else {
+        return Streamed::Done;
+    };
+    let mut this_turn = 0u64;
+    while stream.len > 0 {
+        if this_turn >= SENDFILE_TURN {
+            return Streamed::Blocked;
+        }
+        let mut offset = stream.offset as libc::off_t;
+        let want = stream.len.min(SENDFILE_TURN) as usize;
+        // SAFETY: both descriptors are open and owned by this connection; `offset` is a live
+        // off_t that sendfile updates.
+        let n = unsafe { libc::sendfile(c.fd, stream.file.as_raw_fd(), &mut offset, want) };
+        if n > 0 {
+            stream.offset += n as u64;
+            stream.len -= n as u64;
+            this_turn += n as u64;
+            continue;
+        }
+        if n == 0 {
+            return Streamed::Truncated;
+        }
+        return match io::Error::last_os_error().raw_os_error() {
+            Some(libc::EAGAIN) => Streamed::Blocked,
+            Some(libc::EINTR) => continue,
+            _ => Streamed::Failed,
+        };
+    }
+    c.stream = None;
+    Streamed::Done
 }
