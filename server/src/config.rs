@@ -44,6 +44,8 @@ pub struct Config {
     pub immutable: Option<regex_lite::Regex>,
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
+    /// Longest wait for a slow client to take more of a reply.
+    pub send_timeout: Duration,
     pub shutdown_timeout: Duration,
 }
 
@@ -73,6 +75,8 @@ Options:
   --media-cache-control VALUE Cache-Control of media files (default \"no-cache\")
   --header-timeout SECS       time a client has to send a whole request head (default 10)
   --keepalive-timeout SECS    idle time before a keep-alive connection is closed (default 60)
+  --send-timeout SECS         time a client may take no part of a reply before it is
+                              dropped (default 60)
   --shutdown-timeout SECS     time to finish responses in flight on SIGTERM (default 10)
   -h, --help                  print this help
   -V, --version               print the version
@@ -112,6 +116,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Config
     let mut immutable = None;
     let mut header_timeout = Duration::from_secs(10);
     let mut keepalive_timeout = Duration::from_secs(60);
+    let mut send_timeout = Duration::from_secs(60);
     let mut shutdown_timeout = Duration::from_secs(10);
 
     while let Some(arg) = parser.next()? {
@@ -169,6 +174,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Config
             Long("keepalive-timeout") => {
                 keepalive_timeout = seconds(&mut parser, "--keepalive-timeout")?
             }
+            Long("send-timeout") => send_timeout = seconds(&mut parser, "--send-timeout")?,
             Long("shutdown-timeout") => {
                 shutdown_timeout = seconds(&mut parser, "--shutdown-timeout")?
             }
@@ -198,6 +204,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Config
         immutable,
         header_timeout,
         keepalive_timeout,
+        send_timeout,
         shutdown_timeout,
     })))
 }

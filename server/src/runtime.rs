@@ -88,6 +88,7 @@ fn serve(config: &Config) -> Result<i32, String> {
     let timeouts = Timeouts {
         header_secs: config.header_timeout.as_secs(),
         keepalive_secs: config.keepalive_timeout.as_secs(),
+        send_secs: config.send_timeout.as_secs(),
         shutdown: config.shutdown_timeout,
     };
     let mut handles = Vec::with_capacity(config.workers);

@@ -18,8 +18,9 @@
 //!    input until the peer closes or [`LINGER_SECS`] pass, then close — so that a reply is not
 //!    destroyed by a reset when the client had sent more;
 //! 5. enforce the timeouts on `Conn::phase`: `ReadingHead` longer than the header timeout and
-//!    `Idle` longer than the keep-alive timeout close the connection, as does `Busy` without any
-//!    send progress for the keep-alive timeout;
+//!    `Idle` longer than the keep-alive timeout close the connection, as does a reply that makes
+//!    no send progress for the send timeout (a connection is busy while any of its output, the
+//!    engine's own send buffer included, is unsent);
 //! 6. on [`Shutdown`]: stop accepting, close idle connections, let the others finish their
 //!    output (no further requests are read), and return when none are left or the shutdown
 //!    timeout has passed.
@@ -38,7 +39,9 @@ use std::time::Duration;
 
 use crate::serve::Site;
 
-/// Seconds a closing connection keeps draining input after its last reply.
+/// Seconds a closing connection keeps draining input after its last reply. Timeouts are counted
+/// in whole seconds of a coarse clock and fire once strictly more than their value has passed,
+/// so a timeout never cuts a connection early.
 pub const LINGER_SECS: u64 = 2;
 
 /// What a worker gets to run with.
@@ -54,6 +57,7 @@ pub struct Worker {
 pub struct Timeouts {
     pub header_secs: u64,
     pub keepalive_secs: u64,
+    pub send_secs: u64,
     pub shutdown: Duration,
 }
 

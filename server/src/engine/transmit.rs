@@ -30,7 +30,7 @@ pub struct Fill {
 
 /// Moves output into `buf` until it holds [`SEND_CHUNK`] bytes: byte segments are copied, file
 /// ranges read with `pread` (from the page cache, for the hot set). When `zero_copy_above` is
-/// set, a file range longer than that at the front of an empty buffer is handed back as
+/// set, a by-reference file range longer than that at the front of an empty buffer is handed back as
 /// [`Fill::stream`] instead, for the engine's zero-copy path.
 pub fn fill(output: &mut Output, buf: &mut Vec<u8>, zero_copy_above: Option<u64>) -> Fill {
     let mut result = Fill::default();
@@ -50,20 +50,32 @@ pub fn fill(output: &mut Output, buf: &mut Vec<u8>, zero_copy_above: Option<u64>
                     buf.extend_from_slice(&bytes);
                 }
             }
-            Segment::File { len, .. } => {
+            Segment::File {
+                len, by_reference, ..
+            } => {
                 let len = *len;
                 if let Some(limit) = zero_copy_above
+                    && *by_reference
                     && len > limit
                 {
                     if buf.is_empty() {
-                        let Some(Segment::File { file, offset, len }) = output.pop_front() else {
+                        let Some(Segment::File {
+                            file, offset, len, ..
+                        }) = output.pop_front()
+                        else {
                             unreachable!()
                         };
                         result.stream = Some(FileRange { file, offset, len });
                     }
                     break;
                 }
-                let Some(Segment::File { file, offset, len }) = output.pop_front() else {
+                let Some(Segment::File {
+                    file,
+                    offset,
+                    len,
+                    by_reference,
+                }) = output.pop_front()
+                else {
                     unreachable!()
                 };
                 let want = len.min((SEND_CHUNK - buf.len()) as u64) as usize;
@@ -78,6 +90,7 @@ pub fn fill(output: &mut Output, buf: &mut Vec<u8>, zero_copy_above: Option<u64>
                         file,
                         offset: offset + got as u64,
                         len: len - got as u64,
+                        by_reference,
                     });
                 }
             }
@@ -132,10 +145,10 @@ mod tests {
         let file = file_with(b"0123456789");
         let mut out = Output::default();
         out.bytes().extend_from_slice(b"HEAD1 ");
-        out.push_file(&file, 2, 3);
+        out.push_file(&file, 2, 3, true);
         out.end_reply();
         out.bytes().extend_from_slice(b" HEAD2 ");
-        out.push_file(&file, 0, 10);
+        out.push_file(&file, 0, 10, true);
         out.end_reply();
         let mut buf = Vec::new();
         let f = fill(&mut out, &mut buf, Some(1 << 20));
@@ -149,7 +162,7 @@ mod tests {
         let file = file_with(&big);
         let mut out = Output::default();
         out.bytes().extend_from_slice(b"H");
-        out.push_file(&file, 0, big.len() as u64);
+        out.push_file(&file, 0, big.len() as u64, true);
         let mut buf = Vec::new();
         fill(&mut out, &mut buf, None);
         assert_eq!(buf.len(), SEND_CHUNK);
@@ -163,7 +176,7 @@ mod tests {
 
         let mut out = Output::default();
         out.bytes().extend_from_slice(b"H");
-        out.push_file(&file, 0, big.len() as u64);
+        out.push_file(&file, 0, big.len() as u64, true);
         let mut buf = Vec::new();
         let f = fill(&mut out, &mut buf, Some(1000));
         assert_eq!(buf, b"H");
@@ -171,6 +184,14 @@ mod tests {
         buf.clear();
         let f = fill(&mut out, &mut buf, Some(1000));
         assert_eq!(f.stream.map(|s| s.len), Some(big.len() as u64));
+
+        // Files that may change in place are always copied.
+        let mut out = Output::default();
+        out.push_file(&file, 0, big.len() as u64, false);
+        let mut buf = Vec::new();
+        let f = fill(&mut out, &mut buf, Some(1000));
+        assert!(f.stream.is_none());
+        assert_eq!(buf.len(), SEND_CHUNK);
     }
 
     #[test]
@@ -178,7 +199,7 @@ mod tests {
         let file = file_with(b"short");
         let mut out = Output::default();
         out.bytes().extend_from_slice(b"H");
-        out.push_file(&file, 0, 100);
+        out.push_file(&file, 0, 100, true);
         out.bytes().extend_from_slice(b"NEXT");
         let mut buf = Vec::new();
         let f = fill(&mut out, &mut buf, None);

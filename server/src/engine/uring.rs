@@ -466,7 +466,7 @@ impl UringWorker {
             if c.sent < c.send_buf.len() {
                 // A head whose body follows by sendfile: send it now with MSG_MORE so that head
                 // and first body bytes leave in one segment.
-                if matches!(c.conn.output.front(), Some(Segment::File { len, .. }) if *len > SENDFILE_ABOVE)
+                if matches!(c.conn.output.front(), Some(Segment::File { len, by_reference: true, .. }) if *len > SENDFILE_ABOVE)
                 {
                     let pending = &c.send_buf[c.sent..];
                     // SAFETY: sends from a live buffer of the given length on our own socket.
@@ -627,18 +627,23 @@ impl UringWorker {
             };
             let expired = past_deadline
                 || match c.state {
+                    State::Open
+                        if c.send_in_flight || c.stream.is_some() || c.sent < c.send_buf.len() =>
+                    {
+                        now.saturating_sub(c.last_progress) > self.timeouts.send_secs
+                    }
                     State::Open => match c.conn.phase() {
                         Phase::Idle => {
-                            now.saturating_sub(c.conn.phase_since) >= self.timeouts.keepalive_secs
+                            now.saturating_sub(c.conn.phase_since) > self.timeouts.keepalive_secs
                         }
                         Phase::ReadingHead => {
-                            now.saturating_sub(c.conn.phase_since) >= self.timeouts.header_secs
+                            now.saturating_sub(c.conn.phase_since) > self.timeouts.header_secs
                         }
                         Phase::Busy => {
-                            now.saturating_sub(c.last_progress) >= self.timeouts.keepalive_secs
+                            now.saturating_sub(c.last_progress) > self.timeouts.send_secs
                         }
                     },
-                    State::Lingering { since } => now.saturating_sub(since) >= LINGER_SECS,
+                    State::Lingering { since } => now.saturating_sub(since) > LINGER_SECS,
                     State::Closing => false,
                 };
             if expired {

@@ -73,6 +73,7 @@ pub fn respond(
             if policy.vary_accept_encoding {
                 head.field("Vary", "Accept-Encoding");
             }
+            sandbox(&mut head, policy);
             connection.write(&mut head);
             head.finish();
             return BodyPlan::None;
@@ -80,6 +81,7 @@ pub fn respond(
         Precondition::Failed => {
             let mut head = Head::start(out, 412);
             head.field_u64("Content-Length", 0);
+            sandbox(&mut head, policy);
             connection.write(&mut head);
             head.finish();
             return BodyPlan::None;
@@ -114,6 +116,7 @@ pub fn respond(
             if policy.vary_accept_encoding {
                 head.field("Vary", "Accept-Encoding");
             }
+            sandbox(&mut head, policy);
             connection.write(&mut head);
             head.finish();
             BodyPlan::None
@@ -195,6 +198,11 @@ fn common_fields(head: &mut Head<'_>, meta: &FileMeta<'_>, policy: &FilePolicy<'
     if policy.attachment {
         head.field("Content-Disposition", "attachment");
     }
+    sandbox(head, policy);
+}
+
+/// Every response from an untrusted mount is sandboxed, whatever its status.
+fn sandbox(head: &mut Head<'_>, policy: &FilePolicy<'_>) {
     if policy.sandbox {
         head.field("Content-Security-Policy", "sandbox");
     }

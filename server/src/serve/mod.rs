@@ -166,7 +166,7 @@ impl Service {
             last_modified: rep.mtime_secs,
         };
         let plan = file::respond(req, &meta, &policy, connection, &self.boundary, out.bytes());
-        push_body(out, &rep.file, plan);
+        push_body(out, &rep.file, plan, true);
     }
 
     fn respond_media(
@@ -208,7 +208,7 @@ impl Service {
             last_modified: opened.mtime_secs,
         };
         let plan = file::respond(req, &meta, &policy, connection, &self.boundary, out.bytes());
-        push_body(out, &Rc::new(opened.file), plan);
+        push_body(out, &Rc::new(opened.file), plan, false);
     }
 }
 
@@ -223,14 +223,14 @@ pub fn etag(mtime_secs: u64, mtime_nanos: u32, len: u64, encoding: Encoding) -> 
     format!("\"{mtime_secs:x}.{mtime_nanos:x}-{len:x}{dash}{suffix}\"").into_bytes()
 }
 
-fn push_body(out: &mut Output, file: &Rc<File>, plan: BodyPlan) {
+fn push_body(out: &mut Output, file: &Rc<File>, plan: BodyPlan, by_reference: bool) {
     match plan {
         BodyPlan::None => {}
-        BodyPlan::Range(r) => out.push_file(file, r.start, r.len),
+        BodyPlan::Range(r) => out.push_file(file, r.start, r.len, by_reference),
         BodyPlan::Multipart { parts, closing } => {
             for (header, r) in parts {
                 out.bytes().extend_from_slice(&header);
-                out.push_file(file, r.start, r.len);
+                out.push_file(file, r.start, r.len, by_reference);
             }
             out.bytes().extend_from_slice(&closing);
         }

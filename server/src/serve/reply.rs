@@ -15,10 +15,17 @@ pub enum Segment {
     /// `len` bytes of `file` from `offset`. If the file turns out shorter (truncated since it
     /// was opened), the engine must close the connection rather than send anything after it:
     /// a body shorter than its Content-Length must never look complete.
+    ///
+    /// `by_reference`: the file is not rewritten in place while served (a static mount after
+    /// collectstatic), so engines may send it by reference (sendfile). Otherwise (uploads) the
+    /// bytes must be copied when read: pages queued by reference change under the socket when
+    /// the file is truncated or rewritten in place, and the client would get bytes the file
+    /// never held together.
     File {
         file: Rc<File>,
         offset: u64,
         len: u64,
+        by_reference: bool,
     },
 }
 
@@ -44,12 +51,13 @@ impl Output {
         }
     }
 
-    pub fn push_file(&mut self, file: &Rc<File>, offset: u64, len: u64) {
+    pub fn push_file(&mut self, file: &Rc<File>, offset: u64, len: u64, by_reference: bool) {
         if len > 0 {
             self.segments.push_back(Segment::File {
                 file: Rc::clone(file),
                 offset,
                 len,
+                by_reference,
             });
         }
     }
@@ -123,6 +131,8 @@ impl ConnectionHeader {
 }
 
 /// A reply with a short plain-text body (errors, 404s). `extra` fields go before the body.
+/// It is sandboxed like media responses: it may answer for an untrusted mount, and a text
+/// error page loses nothing by it.
 pub fn simple(
     out: &mut Vec<u8>,
     status: u16,
@@ -137,7 +147,8 @@ pub fn simple(
     for (name, value) in extra {
         head.field(name, value);
     }
-    head.field("X-Content-Type-Options", "nosniff");
+    head.field("X-Content-Type-Options", "nosniff")
+        .field("Content-Security-Policy", "sandbox");
     connection.write(&mut head);
     head.finish();
     if !head_only {
