@@ -31,8 +31,10 @@ const RECV_BUFS: u16 = 512;
 /// connection holds none.
 const POOLED_SEND_BUFS: usize = 256;
 /// File ranges longer than this go out with sendfile(2) (page cache to socket, no copy through
-/// user space); shorter ones are read into the send buffer and coalesce with their head.
-const SENDFILE_ABOVE: u64 = 32 * 1024;
+/// user space); shorter ones are read into the send buffer and coalesce with their head into
+/// one send. Measured on a 23 KB file against copying: sendfile costs ~25% less CPU per request;
+/// below a few KB the extra system calls outweigh the copy.
+const SENDFILE_ABOVE: u64 = 8 * 1024;
 /// Most bytes one connection sends by sendfile before the worker turns to others.
 const SENDFILE_TURN: u64 = 1 << 20;
 
