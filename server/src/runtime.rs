@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{self, Command, Config, EngineChoice, MountKind};
+use crate::engine::epoll::Epoll;
 use crate::engine::uring::Uring;
 use crate::engine::{self, Engine, Shutdown, Timeouts, Worker};
 use crate::files::mount::PollOutcome;
@@ -41,14 +42,41 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
     }
 }
 
-/// Which engine runs, and the one line that explains the choice.
+/// Which engine runs, and the one line that explains the choice. Under `--engine auto` the
+/// io_uring engine is probed (ring creation, the operations it uses) and, if it cannot run,
+/// the epoll engine is used, saying why in one line; `BYPASS_ENGINE=epoll` in the environment
+/// forces that fallback (for tests, and for hosts where io_uring is allowed but unwanted).
 fn choose_engine(choice: EngineChoice) -> Result<&'static str, String> {
+    let use_epoll = |why: &str| {
+        Epoll::probe().map_err(|e| format!("cannot use the epoll engine: {e}"))?;
+        if !why.is_empty() {
+            eprintln!("bypass: {why}, using epoll");
+        }
+        Ok(Epoll::NAME)
+    };
     match choice {
-        EngineChoice::Uring | EngineChoice::Auto => {
+        EngineChoice::Uring => {
             Uring::probe().map_err(|why| format!("cannot use the io_uring engine: {why}"))?;
             Ok(Uring::NAME)
         }
-        EngineChoice::Epoll => Err("the epoll engine is not built yet; use --engine uring".into()),
+        EngineChoice::Epoll => use_epoll(""),
+        EngineChoice::Auto => {
+            let forced = std::env::var_os("BYPASS_ENGINE");
+            match forced.as_ref().and_then(|v| v.to_str()).map(str::trim) {
+                None | Some("" | "auto") => {}
+                Some("epoll") => return use_epoll("BYPASS_ENGINE=epoll"),
+                Some(_) => {
+                    return Err(format!(
+                        "BYPASS_ENGINE takes auto or epoll, not {:?}",
+                        forced.unwrap_or_default()
+                    ));
+                }
+            }
+            match Uring::probe() {
+                Ok(()) => Ok(Uring::NAME),
+                Err(why) => use_epoll(&format!("io_uring unavailable ({why})")),
+            }
+        }
     }
 }
 
@@ -102,7 +130,13 @@ fn serve(config: &Config) -> Result<i32, String> {
         };
         let handle = std::thread::Builder::new()
             .name(format!("bypass-w{index}"))
-            .spawn(move || Uring::run(worker))
+            .spawn(move || {
+                if engine_name == Epoll::NAME {
+                    Epoll::run(worker)
+                } else {
+                    Uring::run(worker)
+                }
+            })
             .map_err(|e| format!("starting worker thread: {e}"))?;
         handles.push(handle);
     }

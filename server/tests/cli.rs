@@ -294,7 +294,6 @@ fn uring_engine_without_io_uring_is_a_startup_error() {
 }
 
 #[test]
-#[ignore = "needs the epoll engine (not written yet): remove this ignore when it lands"]
 fn auto_engine_falls_back_to_epoll_without_io_uring() {
     let fx = Fixture::new();
     let s = fx

@@ -27,6 +27,7 @@
 //!
 //! Engines never parse HTTP, choose statuses or open files; that is the core's job.
 
+pub mod epoll;
 pub mod transmit;
 pub mod uring;
 
