@@ -47,6 +47,12 @@ pub struct Config {
     /// Longest wait for a slow client to take more of a reply.
     pub send_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// Bytes of the content cache, all workers together; 0 disables it.
+    pub cache_size: u64,
+    /// Load the manifest's hashed files into the cache at start-up.
+    pub prewarm: bool,
+    /// Where the Prometheus admin listener listens, if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// What the command line asked for.
@@ -78,6 +84,11 @@ Options:
   --send-timeout SECS         time a client may take no part of a reply before it is
                               dropped (default 60)
   --shutdown-timeout SECS     time to finish responses in flight on SIGTERM (default 10)
+  --cache-size BYTES          content cache for hot files, all workers together: bytes or
+                              512K, 256M, 1G (default 256M; 0 disables)
+  --prewarm                   load the manifest's hashed files into the cache at start-up
+  --metrics ADDR              serve cache telemetry in Prometheus format at http://ADDR/metrics
+                              (a separate listener, e.g. 127.0.0.1:9100)
   -h, --help                  print this help
   -V, --version               print the version
 ";
@@ -118,6 +129,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Config
     let mut keepalive_timeout = Duration::from_secs(60);
     let mut send_timeout = Duration::from_secs(60);
     let mut shutdown_timeout = Duration::from_secs(10);
+    let mut cache_size = crate::cache::DEFAULT_SIZE;
+    let mut prewarm = false;
+    let mut metrics = None;
 
     while let Some(arg) = parser.next()? {
         match arg {
@@ -178,6 +192,23 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Config
             Long("shutdown-timeout") => {
                 shutdown_timeout = seconds(&mut parser, "--shutdown-timeout")?
             }
+            Long("cache-size") => {
+                let text = string(&mut parser, "--cache-size")?;
+                cache_size = crate::cache::parse_size(&text).ok_or_else(|| {
+                    ConfigError(format!(
+                        "--cache-size takes bytes or a size like 512K, 256M, 1G, not {text:?}"
+                    ))
+                })?;
+            }
+            Long("prewarm") => prewarm = true,
+            Long("metrics") => {
+                let text = string(&mut parser, "--metrics")?;
+                metrics = Some(text.parse().map_err(|_| {
+                    ConfigError(format!(
+                        "--metrics {text:?} is not an address like 127.0.0.1:9100"
+                    ))
+                })?);
+            }
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
             _ => return Err(arg.unexpected().into()),
@@ -206,6 +237,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Config
         keepalive_timeout,
         send_timeout,
         shutdown_timeout,
+        cache_size,
+        prewarm,
+        metrics,
     })))
 }
 
@@ -355,6 +389,9 @@ mod tests {
                 "/definitely/not/here",
             ),
             (vec!["--immutable", "("], "not a valid regex"),
+            (vec!["--cache-size", "lots"], "--cache-size"),
+            (vec!["--cache-size", "1.5G"], "--cache-size"),
+            (vec!["--metrics", "nowhere"], "--metrics"),
         ] {
             let msg = error(&list);
             assert!(msg.contains(needle), "{msg:?} should mention {needle:?}");

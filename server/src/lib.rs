@@ -7,9 +7,11 @@
 //! - [`files`]: mounts, request-path decoding, the Django manifest, content types, and the one
 //!   place that opens files (`openat2` beneath the mount root);
 //! - [`serve`]: the response decision (validators, ranges, content negotiation, cache policy);
+//! - [`cache`]: the per-worker hot-asset cache (bytes and rendered heads) and its telemetry;
 //! - [`conn`]: the per-connection state machine every engine drives (pipelining, keep-alive);
 //! - [`engine`]: the written engine contract and the engines that move bytes.
 
+pub mod cache;
 pub mod config;
 pub mod conn;
 pub mod engine;

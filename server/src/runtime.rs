@@ -113,6 +113,19 @@ fn serve(config: &Config) -> Result<i32, String> {
         }
     }
 
+    if let Some(addr) = config.metrics {
+        let listener = crate::cache::metrics::bind(addr)?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| format!("--metrics {addr}: {e}"))?;
+        let telemetry = Arc::clone(&site.cache.telemetry);
+        std::thread::Builder::new()
+            .name("bypass-metrics".into())
+            .spawn(move || crate::cache::metrics::serve(listener, telemetry))
+            .map_err(|e| format!("starting the metrics thread: {e}"))?;
+        eprintln!("bypass: metrics on http://{bound}/metrics");
+    }
+
     let timeouts = Timeouts {
         header_secs: config.header_timeout.as_secs(),
         keepalive_secs: config.keepalive_timeout.as_secs(),

@@ -28,8 +28,8 @@ pub struct Fill {
     pub stream: Option<FileRange>,
 }
 
-/// Moves output into `buf` until it holds [`SEND_CHUNK`] bytes: byte segments are copied, file
-/// ranges read with `pread` (from the page cache, for the hot set). When `zero_copy_above` is
+/// Moves output into `buf` until it holds [`SEND_CHUNK`] bytes: byte segments and cached bodies
+/// are copied, file ranges read with `pread` (from the page cache, for the hot set). When `zero_copy_above` is
 /// set, a by-reference file range longer than that at the front of an empty buffer is handed back as
 /// [`Fill::stream`] instead, for the engine's zero-copy path.
 pub fn fill(output: &mut Output, buf: &mut Vec<u8>, zero_copy_above: Option<u64>) -> Fill {
@@ -48,6 +48,20 @@ pub fn fill(output: &mut Output, buf: &mut Vec<u8>, zero_copy_above: Option<u64>
                     *buf = bytes;
                 } else {
                     buf.extend_from_slice(&bytes);
+                }
+            }
+            Segment::Shared { .. } => {
+                let Some(Segment::Shared { bytes, offset, len }) = output.pop_front() else {
+                    unreachable!()
+                };
+                let take = len.min(SEND_CHUNK - buf.len());
+                buf.extend_from_slice(&bytes[offset..offset + take]);
+                if take < len {
+                    output.push_front(Segment::Shared {
+                        bytes,
+                        offset: offset + take,
+                        len: len - take,
+                    });
                 }
             }
             Segment::File {
@@ -192,6 +206,24 @@ mod tests {
         let f = fill(&mut out, &mut buf, Some(1000));
         assert!(f.stream.is_none());
         assert_eq!(buf.len(), SEND_CHUNK);
+    }
+
+    #[test]
+    fn shared_bodies_are_copied_and_chunked() {
+        let body: Rc<[u8]> = Rc::from(vec![9u8; SEND_CHUNK + 10]);
+        let mut out = Output::default();
+        out.bytes().extend_from_slice(b"H1");
+        out.push_shared(&body, 0, 3);
+        out.bytes().extend_from_slice(b"H2");
+        out.push_shared(&body, 5, body.len() - 5);
+        let mut buf = Vec::new();
+        fill(&mut out, &mut buf, Some(1000));
+        assert_eq!(buf.len(), SEND_CHUNK);
+        assert_eq!(&buf[..7], b"H1\x09\x09\x09H2");
+        buf.clear();
+        fill(&mut out, &mut buf, Some(1000));
+        assert_eq!(buf.len(), 2 + 3 + 2 + SEND_CHUNK + 5 - SEND_CHUNK);
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub struct OpenedFile {
     pub len: u64,
     pub mtime_secs: u64,
     pub mtime_nanos: u32,
+    /// Device, inode, size and mtime: what the content cache compares to notice a change.
+    pub stamp: crate::cache::Stamp,
 }
 
 /// Why a file could not be opened for a request.
@@ -96,10 +98,41 @@ pub fn open_beneath(root: BorrowedFd<'_>, rel: &str) -> Result<OpenedFile, OpenE
         return Err(OpenError::NotFound);
     }
     Ok(OpenedFile {
+        stamp: crate::cache::Stamp::of(&meta),
         len: meta.len(),
         mtime_secs: meta.mtime().max(0) as u64,
         mtime_nanos: meta.mtime_nsec().clamp(0, 999_999_999) as u32,
         file,
+    })
+}
+
+/// The identity of what `rel` names beneath `root` now, without opening it: one `fstatat`
+/// that does not follow a final symlink. This is no containment check (intermediate
+/// symlinks are followed): it only says whether the path still names the very file a cached
+/// copy was taken from (same device, inode, size and mtime), and anything else sends the
+/// caller back to [`open_beneath`]. `None` for anything but a regular file.
+pub fn stat_at(root: BorrowedFd<'_>, rel: &str) -> Option<crate::cache::Stamp> {
+    let c_rel = CString::new(rel).ok()?;
+    // SAFETY: stat is plain data; all-zero is a valid value for fstatat to overwrite.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `c_rel` is NUL-terminated and `st` is a live, writable stat.
+    let rc = unsafe {
+        libc::fstatat(
+            root.as_raw_fd(),
+            c_rel.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return None;
+    }
+    Some(crate::cache::Stamp {
+        dev: st.st_dev,
+        ino: st.st_ino,
+        len: st.st_size as u64,
+        mtime_ns: i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec),
+        ctime_ns: i128::from(st.st_ctime) * 1_000_000_000 + i128::from(st.st_ctime_nsec),
     })
 }
 

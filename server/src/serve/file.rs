@@ -168,6 +168,27 @@ pub fn respond(
     }
 }
 
+/// Renders the `200` head [`respond`] gives a plain GET of the whole representation on a
+/// keep-alive HTTP/1.1 connection: what the content cache stores.
+pub fn render_ok_head(
+    len: u64,
+    etag: &[u8],
+    last_modified: u64,
+    policy: &FilePolicy<'_>,
+    out: &mut Vec<u8>,
+) {
+    let meta = FileMeta {
+        len,
+        etag,
+        last_modified,
+    };
+    let mut head = Head::start(out, 200);
+    representation_fields(&mut head, &meta, policy);
+    head.field_u64("Content-Length", meta.len);
+    ConnectionHeader::Default.write(&mut head);
+    head.finish();
+}
+
 fn body_unless_head(req: &Request<'_>, plan: BodyPlan) -> BodyPlan {
     if req.method == Method::Head {
         BodyPlan::None

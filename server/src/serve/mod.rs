@@ -13,12 +13,14 @@ use std::fs::File;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use crate::cache::{self, Cache, Entry, EntrySpec};
 use crate::config::{Config, MountKind};
 use crate::files::manifest::Manifest;
 use crate::files::mount::{Mount, Mounts};
 use crate::files::open::{self, OpenError};
 use crate::files::{mime, path};
 use crate::http::request::{Method, Request};
+use crate::serve::range::ByteRange;
 use file::{BodyPlan, FileMeta, FilePolicy};
 use negotiate::Encoding;
 use reply::{ConnectionHeader, Output};
@@ -35,6 +37,8 @@ pub struct Site {
     static_cache_control: Vec<u8>,
     media_cache_control: Vec<u8>,
     immutable: Option<regex_lite::Regex>,
+    /// The content cache's budget per worker and its telemetry.
+    pub cache: cache::Settings,
 }
 
 impl Site {
@@ -51,6 +55,11 @@ impl Site {
             static_cache_control: format!("max-age={}", config.static_max_age).into_bytes(),
             media_cache_control: config.media_cache_control.clone().into_bytes(),
             immutable: config.immutable.clone(),
+            cache: cache::Settings {
+                per_worker: config.cache_size / config.workers.max(1) as u64,
+                prewarm: config.prewarm,
+                telemetry: Default::default(),
+            },
         })
     }
 }
@@ -61,6 +70,7 @@ pub struct Service {
     site: Arc<Site>,
     manifests: Vec<(u64, Arc<Manifest>)>,
     static_files: StaticFiles,
+    cache: Cache,
     boundary: String,
 }
 
@@ -72,12 +82,157 @@ impl Service {
             .map(|_| (u64::MAX, Arc::new(Manifest::default())))
             .collect();
         let static_files = StaticFiles::new(site.mounts.iter().count());
-        Service {
+        let cache = Cache::new(&site.cache);
+        let mut service = Service {
             site,
             manifests,
             static_files,
+            cache,
             boundary: boundary(),
+        };
+        if service.site.cache.prewarm && service.cache.enabled() {
+            service.prewarm();
         }
+        service
+    }
+
+    /// Loads every static mount's hashed files (and their precompressed siblings) into the
+    /// cache, stylesheets and scripts first, then images, then the rest, while they fit
+    /// without evicting anything.
+    fn prewarm(&mut self) {
+        let site = Arc::clone(&self.site);
+        for (index, mount) in site.mounts.iter().enumerate() {
+            if mount.kind != MountKind::Static {
+                continue;
+            }
+            let Some(watch) = &mount.manifest else {
+                continue;
+            };
+            self.manifests[index] = watch.snapshot();
+            let mut names: Vec<&String> = self.manifests[index].1.hashed.iter().collect();
+            let rank = |name: &str| {
+                let ext = name.rsplit('.').next().unwrap_or("").to_ascii_lowercase();
+                match ext.as_str() {
+                    "css" | "js" | "mjs" => 0,
+                    "png" | "jpg" | "jpeg" | "gif" | "webp" | "avif" | "svg" | "ico" => 1,
+                    "woff2" | "woff" | "ttf" | "otf" => 2,
+                    _ => 3,
+                }
+            };
+            names.sort_by(|a, b| rank(a).cmp(&rank(b)).then_with(|| a.cmp(b)));
+            let names: Vec<String> = names.into_iter().cloned().collect();
+            'files: for rel in &names {
+                let Ok(Some(resource)) = self.static_files.lookup(index, mount, rel) else {
+                    continue;
+                };
+                for encoding in Encoding::ALL {
+                    if !resource.available.contains(encoding) {
+                        continue;
+                    }
+                    let rep = resource.representation(encoding);
+                    if !self.cache.fits_static(rep.len) {
+                        continue;
+                    }
+                    if rep.len + 1024 > self.cache.room() {
+                        break 'files;
+                    }
+                    let policy = Self::static_policy(
+                        &site,
+                        &self.manifests[index].1,
+                        rel,
+                        &resource,
+                        encoding,
+                    );
+                    let key = cache::key(index, encoding, rel);
+                    let spec = EntrySpec {
+                        mount: index,
+                        encoding,
+                        rel,
+                        stamp: rep.stamp,
+                        etag: &rep.etag,
+                        last_modified: rep.mtime_secs,
+                        policy,
+                    };
+                    if let Some(entry) = self.cache.build(&rep.file, &spec) {
+                        self.cache.insert(key, entry);
+                    }
+                }
+            }
+        }
+    }
+
+    /// How a static representation is served: type, coding, cache policy.
+    fn static_policy<'s>(
+        site: &'s Site,
+        manifest: &Manifest,
+        rel: &str,
+        resource: &static_files::Resource,
+        encoding: Encoding,
+    ) -> FilePolicy<'s> {
+        let immutable = manifest.hashed.contains(rel)
+            || site.immutable.as_ref().is_some_and(|re| re.is_match(rel));
+        FilePolicy {
+            content_type: resource.content_type,
+            encoding,
+            cache_control: if immutable {
+                IMMUTABLE
+            } else {
+                &site.static_cache_control
+            },
+            vary_accept_encoding: !resource.available.only_identity(),
+            attachment: false,
+            sandbox: false,
+        }
+    }
+
+    /// Answers from a cache entry: the stored reply for a plain request, else the full
+    /// decision (conditionals, ranges) over the entry's metadata and bytes.
+    fn respond_cached(
+        &mut self,
+        req: &Request<'_>,
+        key: u64,
+        entry: &Entry,
+        connection: ConnectionHeader,
+        out: &mut Output,
+    ) {
+        let head_only = req.method == Method::Head;
+        if plain(req) {
+            entry.write_hit(connection, head_only, out);
+            let sent = if head_only { 0 } else { entry.len() };
+            self.cache.record_hit(key, entry.len(), sent);
+            return;
+        }
+        let meta = FileMeta {
+            len: entry.len(),
+            etag: &entry.etag,
+            last_modified: entry.last_modified,
+        };
+        let plan = file::respond(
+            req,
+            &meta,
+            &entry.policy(),
+            connection,
+            &self.boundary,
+            out.bytes(),
+        );
+        let mut sent = 0;
+        match plan {
+            BodyPlan::None => {}
+            BodyPlan::Range(ByteRange { start, len }) => {
+                entry.push_range(out, start, len);
+                sent += len;
+            }
+            BodyPlan::Multipart { parts, closing } => {
+                for (header, r) in parts {
+                    out.bytes().extend_from_slice(&header);
+                    entry.push_range(out, r.start, r.len);
+                    sent += r.len;
+                }
+                out.bytes().extend_from_slice(&closing);
+            }
+        }
+        out.end_reply();
+        self.cache.record_hit(key, entry.len(), sent);
     }
 
     /// Appends the complete reply to `req` to `out`. `keep_alive` is whether the connection
@@ -111,14 +266,18 @@ impl Service {
         let site = Arc::clone(&self.site);
         let mount = site.mounts.get(index);
         match mount.kind {
-            MountKind::Static => self.respond_static(req, index, mount, rel, connection, out),
-            MountKind::Media => self.respond_media(req, mount, rel, connection, out),
+            MountKind::Static => {
+                self.respond_static(req, &site, index, mount, rel, connection, out)
+            }
+            MountKind::Media => self.respond_media(req, &site, index, mount, rel, connection, out),
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn respond_static(
         &mut self,
         req: &Request<'_>,
+        site: &Site,
         index: usize,
         mount: &Mount,
         rel: &str,
@@ -133,33 +292,43 @@ impl Service {
         };
         let encoding = negotiate::choose(req.headers.get_all("accept-encoding"), entry.available);
         let rep = entry.representation(encoding);
-        let immutable = {
-            let watch = mount.manifest.as_ref();
+        if let Some(watch) = mount.manifest.as_ref() {
             let slot = &mut self.manifests[index];
-            if let Some(watch) = watch
-                && watch.generation() != slot.0
-            {
+            if watch.generation() != slot.0 {
                 *slot = watch.snapshot();
+                // A new collectstatic: immutability and files may all have changed.
+                self.cache.drop_mount(index);
             }
-            slot.1.hashed.contains(rel)
-                || self
-                    .site
-                    .immutable
-                    .as_ref()
-                    .is_some_and(|re| re.is_match(rel))
-        };
-        let policy = FilePolicy {
-            content_type: entry.content_type,
-            encoding,
-            cache_control: if immutable {
-                IMMUTABLE
-            } else {
-                &self.site.static_cache_control
-            },
-            vary_accept_encoding: !entry.available.only_identity(),
-            attachment: false,
-            sandbox: false,
-        };
+        }
+        let key = cache::key(index, encoding, rel);
+        if self.cache.enabled() && self.cache.fits_static(rep.len) {
+            if let Some(cached) = self.cache.lookup(key, index, encoding, rel) {
+                if cached.stamp == rep.stamp {
+                    return self.respond_cached(req, key, &cached, connection, out);
+                }
+                // The open-file cache saw the file change: the copy is stale.
+                self.cache.invalidate(key);
+            }
+            self.cache.record_miss(key, rep.len);
+            if self.cache.should_admit(key, rep.len) {
+                let policy =
+                    Self::static_policy(site, &self.manifests[index].1, rel, &entry, encoding);
+                let spec = EntrySpec {
+                    mount: index,
+                    encoding,
+                    rel,
+                    stamp: rep.stamp,
+                    etag: &rep.etag,
+                    last_modified: rep.mtime_secs,
+                    policy,
+                };
+                if let Some(built) = self.cache.build(&rep.file, &spec) {
+                    self.cache.insert(key, Rc::clone(&built));
+                    return self.respond_cached(req, key, &built, connection, out);
+                }
+            }
+        }
+        let policy = Self::static_policy(site, &self.manifests[index].1, rel, &entry, encoding);
         let meta = FileMeta {
             len: rep.len,
             etag: &rep.etag,
@@ -169,17 +338,32 @@ impl Service {
         push_body(out, &rep.file, plan, true);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn respond_media(
         &mut self,
         req: &Request<'_>,
+        site: &Site,
+        index: usize,
         mount: &Mount,
         rel: &str,
         connection: ConnectionHeader,
         out: &mut Output,
     ) {
         let head_only = req.method == Method::Head;
-        // Uploads change at any time: open on every request, so that a replaced or deleted
-        // file is seen at once, and serve the open file so the body matches its metadata.
+        let key = cache::key(index, Encoding::Identity, rel);
+        if self.cache.enabled()
+            && let Some(cached) = self.cache.lookup(key, index, Encoding::Identity, rel)
+        {
+            // Uploads change at any time: a copy is served only while the path still names
+            // the very file it was taken from (one fstatat), so a replaced, rewritten,
+            // truncated or deleted upload is never served from the cache, not even once.
+            if open::stat_at(mount.root(), rel) == Some(cached.stamp) {
+                return self.respond_cached(req, key, &cached, connection, out);
+            }
+            self.cache.invalidate(key);
+        }
+        // Without a usable copy, open on every request, so that a replaced or deleted file is
+        // seen at once, and serve the open file so the body matches its metadata.
         let opened = match open::open_beneath(mount.root(), rel) {
             Ok(f) => f,
             Err(OpenError::NotFound) => return error(out, 404, "not found", connection, head_only),
@@ -188,20 +372,38 @@ impl Service {
             }
         };
         let content_type = mime::content_type(rel);
+        let cacheable = self.cache.enabled() && self.cache.fits(opened.len);
+        if cacheable {
+            self.cache.record_miss(key, opened.len);
+        }
+        if cacheable && self.cache.should_admit(key, opened.len) {
+            let etag = etag(
+                opened.mtime_secs,
+                opened.mtime_nanos,
+                opened.len,
+                Encoding::Identity,
+            );
+            let spec = EntrySpec {
+                mount: index,
+                encoding: Encoding::Identity,
+                rel,
+                stamp: opened.stamp,
+                etag: &etag,
+                last_modified: opened.mtime_secs,
+                policy: Self::media_policy(site, content_type),
+            };
+            if let Some(built) = self.cache.build(&opened.file, &spec) {
+                self.cache.insert(key, Rc::clone(&built));
+                return self.respond_cached(req, key, &built, connection, out);
+            }
+        }
         let etag = etag(
             opened.mtime_secs,
             opened.mtime_nanos,
             opened.len,
             Encoding::Identity,
         );
-        let policy = FilePolicy {
-            content_type,
-            encoding: Encoding::Identity,
-            cache_control: &self.site.media_cache_control,
-            vary_accept_encoding: false,
-            attachment: mime::is_active_content(content_type),
-            sandbox: true,
-        };
+        let policy = Self::media_policy(site, content_type);
         let meta = FileMeta {
             len: opened.len,
             etag: &etag,
@@ -210,6 +412,29 @@ impl Service {
         let plan = file::respond(req, &meta, &policy, connection, &self.boundary, out.bytes());
         push_body(out, &Rc::new(opened.file), plan, false);
     }
+}
+
+impl Service {
+    /// How an upload is served: never trusted, so sandboxed, and downloaded when active.
+    fn media_policy<'s>(site: &'s Site, content_type: &'static str) -> FilePolicy<'s> {
+        FilePolicy {
+            content_type,
+            encoding: Encoding::Identity,
+            cache_control: &site.media_cache_control,
+            vary_accept_encoding: false,
+            attachment: mime::is_active_content(content_type),
+            sandbox: true,
+        }
+    }
+}
+
+/// Whether the stored reply answers `req` as is: no precondition and no range, which are the
+/// only request fields that change a `200` for a negotiated representation.
+fn plain(req: &Request<'_>) -> bool {
+    !req.headers.iter().any(|(name, _)| {
+        let n = name.as_bytes();
+        (n.len() > 3 && n[..3].eq_ignore_ascii_case(b"if-")) || name.eq_ignore_ascii_case("range")
+    })
 }
 
 /// A strong entity-tag that differs whenever the file is replaced or rewritten (nanosecond

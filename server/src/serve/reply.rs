@@ -27,6 +27,13 @@ pub enum Segment {
         len: u64,
         by_reference: bool,
     },
+    /// `len` bytes from `offset` of a cached body: shared, immutable, copied into the send
+    /// buffer when sent (so pipelined hits coalesce into one send).
+    Shared {
+        bytes: Rc<[u8]>,
+        offset: usize,
+        len: usize,
+    },
 }
 
 /// The responses a connection owes its client, in order.
@@ -58,6 +65,16 @@ impl Output {
                 offset,
                 len,
                 by_reference,
+            });
+        }
+    }
+
+    pub fn push_shared(&mut self, bytes: &Rc<[u8]>, offset: usize, len: usize) {
+        if len > 0 {
+            self.segments.push_back(Segment::Shared {
+                bytes: Rc::clone(bytes),
+                offset,
+                len,
             });
         }
     }

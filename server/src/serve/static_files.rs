@@ -28,6 +28,8 @@ pub struct Representation {
     pub len: u64,
     pub mtime_secs: u64,
     pub etag: Vec<u8>,
+    /// What the content cache compares its copy against.
+    pub stamp: crate::cache::Stamp,
 }
 
 /// What is on disk for one request path.
@@ -128,6 +130,7 @@ fn load(mount: &Mount, rel: &str) -> io::Result<Option<Resource>> {
             etag: etag(opened.mtime_secs, opened.mtime_nanos, opened.len, encoding),
             len: opened.len,
             mtime_secs: opened.mtime_secs,
+            stamp: opened.stamp,
             file: Rc::new(opened.file),
         }));
     }
@@ -140,6 +143,7 @@ fn load(mount: &Mount, rel: &str) -> io::Result<Option<Resource>> {
         ),
         len: identity.len,
         mtime_secs: identity.mtime_secs,
+        stamp: identity.stamp,
         file: Rc::new(identity.file),
     }));
     Ok(Some(Resource {
