@@ -780,21 +780,12 @@ impl EpollWorker {
             let Some(c) = self.conns[slot].as_ref() else {
                 continue;
             };
-            // Whole seconds of a coarse clock: a timeout fires once strictly more than its
-            // value has passed, so that it never cuts a connection early (see LINGER_SECS).
             let expired = past_deadline
                 || match c.state {
-                    State::Open => match c.phase() {
-                        Phase::Idle => {
-                            now.saturating_sub(c.conn.phase_since) > self.timeouts.keepalive_secs
-                        }
-                        Phase::ReadingHead => {
-                            now.saturating_sub(c.conn.phase_since) > self.timeouts.header_secs
-                        }
-                        Phase::Busy => {
-                            now.saturating_sub(c.last_progress) > self.timeouts.send_secs
-                        }
-                    },
+                    State::Open => {
+                        self.timeouts
+                            .expired(c.phase(), c.conn.phase_since, c.last_progress, now)
+                    }
                     State::Lingering { since } => now.saturating_sub(since) > LINGER_SECS,
                 };
             if expired {

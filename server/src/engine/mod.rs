@@ -38,11 +38,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::conn::Phase;
 use crate::serve::Site;
 
-/// Seconds a closing connection keeps draining input after its last reply. Timeouts are counted
-/// in whole seconds of a coarse clock and fire once strictly more than their value has passed,
-/// so a timeout never cuts a connection early.
+/// Seconds a closing connection keeps draining input after its last reply.
 pub const LINGER_SECS: u64 = 2;
 
 /// What a worker gets to run with.
@@ -60,6 +59,20 @@ pub struct Timeouts {
     pub keepalive_secs: u64,
     pub send_secs: u64,
     pub shutdown: Duration,
+}
+
+impl Timeouts {
+    /// Whether an open connection has been inactive too long for its phase (item 5 of the
+    /// contract). Engines pass `Phase::Busy` while any output, their own send buffer included,
+    /// is unsent. Whole seconds of a coarse clock: a timeout fires once strictly more than its
+    /// value has passed, so it never cuts a connection early.
+    pub fn expired(&self, phase: Phase, phase_since: u64, last_progress: u64, now: u64) -> bool {
+        match phase {
+            Phase::Idle => now.saturating_sub(phase_since) > self.keepalive_secs,
+            Phase::ReadingHead => now.saturating_sub(phase_since) > self.header_secs,
+            Phase::Busy => now.saturating_sub(last_progress) > self.send_secs,
+        }
+    }
 }
 
 /// An I/O engine.
@@ -230,5 +243,27 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
                 std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_fire_strictly_after_their_value_per_phase() {
+        let t = Timeouts {
+            header_secs: 2,
+            keepalive_secs: 5,
+            send_secs: 9,
+            shutdown: Duration::from_secs(1),
+        };
+        assert!(!t.expired(Phase::ReadingHead, 10, 0, 12));
+        assert!(t.expired(Phase::ReadingHead, 10, 0, 13));
+        assert!(!t.expired(Phase::Idle, 10, 0, 15));
+        assert!(t.expired(Phase::Idle, 10, 0, 16));
+        // A busy connection is judged by its send progress, not by when its phase began.
+        assert!(!t.expired(Phase::Busy, 0, 10, 19));
+        assert!(t.expired(Phase::Busy, 0, 10, 20));
     }
 }

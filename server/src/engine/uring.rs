@@ -629,22 +629,18 @@ impl UringWorker {
             };
             let expired = past_deadline
                 || match c.state {
-                    State::Open
-                        if c.send_in_flight || c.stream.is_some() || c.sent < c.send_buf.len() =>
-                    {
-                        now.saturating_sub(c.last_progress) > self.timeouts.send_secs
+                    State::Open => {
+                        let phase = if c.send_in_flight
+                            || c.stream.is_some()
+                            || c.sent < c.send_buf.len()
+                        {
+                            Phase::Busy
+                        } else {
+                            c.conn.phase()
+                        };
+                        self.timeouts
+                            .expired(phase, c.conn.phase_since, c.last_progress, now)
                     }
-                    State::Open => match c.conn.phase() {
-                        Phase::Idle => {
-                            now.saturating_sub(c.conn.phase_since) > self.timeouts.keepalive_secs
-                        }
-                        Phase::ReadingHead => {
-                            now.saturating_sub(c.conn.phase_since) > self.timeouts.header_secs
-                        }
-                        Phase::Busy => {
-                            now.saturating_sub(c.last_progress) > self.timeouts.send_secs
-                        }
-                    },
                     State::Lingering { since } => now.saturating_sub(since) > LINGER_SECS,
                     State::Closing => false,
                 };
