@@ -11,8 +11,6 @@
 //! re-armed by a POLLOUT poll: copying them from user memory would make the floor higher than
 //! the servers standing on it.
 
-mod bufring;
-
 use std::fs::File;
 use std::io::{self, Write};
 use std::net::TcpListener;
@@ -20,7 +18,7 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
-use bufring::BufRing;
+use bypass::engine::uring::bufring::BufRing;
 
 const RING_ENTRIES: u32 = 1024;
 const BUF_GROUP: u16 = 0;

@@ -3,7 +3,7 @@
 //! receives into a provided buffer ring, and every submission of one loop turn sent to the
 //! kernel in a single `io_uring_enter`.
 
-mod bufring;
+pub mod bufring;
 
 use std::io;
 use std::net::TcpListener;

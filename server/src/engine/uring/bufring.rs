@@ -1,5 +1,6 @@
 //! A provided buffer ring (IORING_REGISTER_PBUF_RING): receive buffers the kernel picks from
-//! when data arrives, so idle connections hold no receive memory of their own.
+//! when data arrives, so idle connections hold no receive memory of their own. Public so that
+//! the bench suite's null responder measures the same receive path.
 
 use std::io;
 use std::sync::atomic::{AtomicU16, Ordering};
