@@ -11,6 +11,16 @@
 //! - [`conn`]: the per-connection state machine every engine drives (pipelining, keep-alive);
 //! - [`engine`]: the written engine contract and the engines that move bytes.
 
+/// Writes one line to stderr, ignoring failure. `eprintln!` panics when stderr is a closed pipe
+/// (a supervisor or log collector that went away); that must never kill a worker, or the signal
+/// thread before it requests shutdown.
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod cache;
 pub mod config;
 pub mod conn;

@@ -29,14 +29,14 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
             return 0;
         }
         Err(e) => {
-            eprintln!("bypass: {e} (see bypass --help)");
+            log!("bypass: {e} (see bypass --help)");
             return EXIT_USAGE;
         }
     };
     match serve(&config) {
         Ok(code) => code,
         Err(message) => {
-            eprintln!("bypass: {message}");
+            log!("bypass: {message}");
             EXIT_USAGE
         }
     }
@@ -50,7 +50,7 @@ fn choose_engine(choice: EngineChoice) -> Result<&'static str, String> {
     let use_epoll = |why: &str| {
         Epoll::probe().map_err(|e| format!("cannot use the epoll engine: {e}"))?;
         if !why.is_empty() {
-            eprintln!("bypass: {why}, using epoll");
+            log!("bypass: {why}, using epoll");
         }
         Ok(Epoll::NAME)
     };
@@ -89,7 +89,7 @@ fn serve(config: &Config) -> Result<i32, String> {
     block_stop_signals();
     raise_fd_limit();
 
-    eprintln!(
+    log!(
         "bypass: engine {engine_name}, {} worker{}",
         config.workers,
         if config.workers == 1 { "" } else { "s" }
@@ -103,13 +103,13 @@ fn serve(config: &Config) -> Result<i32, String> {
                 } else {
                     "no manifest".to_string()
                 };
-                eprintln!(
+                log!(
                     "bypass: static {} -> {} ({note})",
                     m.prefix,
                     m.dir.display()
                 );
             }
-            _ => eprintln!("bypass: media {} -> {}", m.prefix, m.dir.display()),
+            _ => log!("bypass: media {} -> {}", m.prefix, m.dir.display()),
         }
     }
 
@@ -123,7 +123,7 @@ fn serve(config: &Config) -> Result<i32, String> {
             .name("bypass-metrics".into())
             .spawn(move || crate::cache::metrics::serve(listener, telemetry))
             .map_err(|e| format!("starting the metrics thread: {e}"))?;
-        eprintln!("bypass: metrics on http://{bound}/metrics");
+        log!("bypass: metrics on http://{bound}/metrics");
     }
 
     let timeouts = Timeouts {
@@ -154,7 +154,7 @@ fn serve(config: &Config) -> Result<i32, String> {
         handles.push(handle);
     }
     for addr in &bound {
-        eprintln!("bypass: listening on {addr}");
+        log!("bypass: listening on {addr}");
     }
     spawn_manifest_watcher(Arc::clone(&site), Arc::clone(&shutdown));
     spawn_signal_waiter(Arc::clone(&shutdown));
@@ -164,12 +164,12 @@ fn serve(config: &Config) -> Result<i32, String> {
         match handle.join() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                eprintln!("bypass: worker failed: {e}");
+                log!("bypass: worker failed: {e}");
                 shutdown.request();
                 code = 1;
             }
             Err(_) => {
-                eprintln!("bypass: worker panicked");
+                log!("bypass: worker panicked");
                 shutdown.request();
                 code = 1;
             }
@@ -213,7 +213,7 @@ fn spawn_signal_waiter(shutdown: Arc<Shutdown>) {
             } else {
                 "SIGTERM"
             };
-            eprintln!("bypass: {name}: finishing responses in flight, then exiting");
+            log!("bypass: {name}: finishing responses in flight, then exiting");
             shutdown.request();
         })
         .expect("spawning the signal thread");
@@ -234,15 +234,15 @@ fn spawn_manifest_watcher(site: Arc<Site>, shutdown: Arc<Shutdown>) {
                     let Some(watch) = &m.manifest else { continue };
                     match watch.poll() {
                         PollOutcome::Unchanged => {}
-                        PollOutcome::Loaded { hashed } => eprintln!(
+                        PollOutcome::Loaded { hashed } => log!(
                             "bypass: {}: reloaded, {hashed} hashed files",
                             watch.path().display()
                         ),
-                        PollOutcome::Removed => eprintln!(
+                        PollOutcome::Removed => log!(
                             "bypass: {}: removed, nothing is immutable now",
                             watch.path().display()
                         ),
-                        PollOutcome::Invalid(why) => eprintln!(
+                        PollOutcome::Invalid(why) => log!(
                             "bypass: {}: ignored, keeping the previous one: {why}",
                             watch.path().display()
                         ),

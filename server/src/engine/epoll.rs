@@ -43,9 +43,13 @@ const MAX_EVENTS: usize = 256;
 /// buffer only helps clients that pipeline or send bodies, and costs one allocation per worker.
 const RECV_SCRATCH: usize = 64 * 1024;
 /// File ranges longer than this are sent with sendfile; shorter ones are copied behind their
-/// head (see the module doc). Below a few KiB the copy is cheaper than the extra system call
-/// that a separate sendfile would need, and copying keeps pipelined small replies in one send.
-pub const ZERO_COPY_ABOVE: u64 = 16 * 1024;
+/// head (see the module doc). The same threshold as the io_uring engine's and the content
+/// cache's (`cache::MEMFD_ABOVE`), so a body is either a heap copy or a file sent by sendfile.
+/// Sending the head with MSG_MORE and the body with sendfile costs the same two system calls as
+/// pread and send, minus two copies of the body: measured on the ~23 KB file (one worker, 32
+/// connections) 11.9 µs of server CPU per request against 14.4 µs copying. Below a few KiB the
+/// copies cost little, and copying keeps pipelined small replies in one send.
+pub const ZERO_COPY_ABOVE: u64 = 8 * 1024;
 /// Most bytes one sendfile call may move; also what one connection may send per turn before
 /// the others get theirs.
 pub const SENDFILE_CAP: usize = 512 * 1024;
@@ -723,7 +727,7 @@ impl EpollWorker {
                     libc::EINTR | libc::ECONNABORTED | libc::EPROTO => continue,
                     e => {
                         if !self.accept_retry && matches!(e, libc::EMFILE | libc::ENFILE) {
-                            eprintln!("bypass: accept: out of file descriptors");
+                            log!("bypass: accept: out of file descriptors; retrying every second");
                         }
                         self.accept_retry = true;
                     }

@@ -277,7 +277,7 @@ impl UringWorker {
             }
             self.bufs.publish();
             if let Err(e) = self.ring.submit() {
-                eprintln!("bypass: io_uring submit failed: {e}");
+                log!("bypass: io_uring submit failed: {e}");
             }
         }
     }
@@ -306,7 +306,7 @@ impl UringWorker {
         if result < 0 {
             match -result {
                 libc::ECANCELED | libc::EINVAL => {}
-                libc::EMFILE | libc::ENFILE => eprintln!("bypass: accept: out of file descriptors"),
+                libc::EMFILE | libc::ENFILE => log!("bypass: accept: out of file descriptors"),
                 _ => {}
             }
             return;

@@ -494,7 +494,7 @@ fn server_error(
     connection: ConnectionHeader,
     head_only: bool,
 ) {
-    eprintln!("bypass: error opening {}/{rel}: {e}", dir.display());
+    log!("bypass: error opening {}/{rel}: {e}", dir.display());
     error(out, 500, "internal server error", connection, head_only);
 }
 
