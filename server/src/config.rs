@@ -5,6 +5,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::proxy::{Network, ProxySettings, UpstreamAddr};
+
 /// What kind of files a mount holds, which decides how they are served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MountKind {
@@ -12,9 +14,12 @@ pub enum MountKind {
     Static,
     /// Django's MEDIA_ROOT: untrusted uploads that change at any time.
     Media,
+    /// Files only the app can hand out (X-Accel-Redirect): served like media, never reachable
+    /// by a client's own request.
+    Internal,
 }
 
-/// One `--static` or `--media` flag.
+/// One `--static`, `--media` or `--internal` flag.
 #[derive(Clone, Debug)]
 pub struct MountSpec {
     /// URL prefix, starting and ending with `/`.
@@ -53,6 +58,8 @@ pub struct Config {
     pub prewarm: bool,
     /// Where the Prometheus admin listener listens, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// The app server everything outside the mounts goes to, if any.
+    pub proxy: Option<ProxySettings>,
 }
 
 /// What the command line asked for.
@@ -66,13 +73,25 @@ pub enum Command {
 pub const USAGE: &str = "\
 bypass: serve a Django STATIC_ROOT and MEDIA_ROOT over HTTP/1.1, on io_uring
 
-Usage: bypass --listen ADDR --static /static/=DIR --media /media/=DIR [OPTIONS]
+Usage: bypass --listen ADDR --static /static/=DIR --media /media/=DIR
+              [--upstream HOST:PORT|unix:PATH] [OPTIONS]
 
 Options:
   --listen ADDR               address to listen on, e.g. 127.0.0.1:8080 (repeatable;
                               default 127.0.0.1:8080; port 0 picks a free port)
   --static PREFIX=DIR         serve Django's STATIC_ROOT DIR under PREFIX (repeatable)
   --media PREFIX=DIR          serve Django's MEDIA_ROOT DIR under PREFIX (repeatable)
+  --internal PREFIX=DIR       files the app hands out with X-Accel-Redirect: PREFIX/...;
+                              never served to a client's own request (repeatable)
+  --upstream ADDR             pass every request outside the mounts to the app server at
+                              HOST:PORT or unix:/path/to.sock, over keep-alive HTTP/1.1
+  --upstream-timeout SECS     time the app may make no progress on a request before 504
+                              (or, mid-response, before the connection is closed) (default 60)
+  --max-body-size BYTES       largest request body passed to the app; larger ones get 413
+                              (default 100M; 0 allows none)
+  --trusted-proxy ADDR        an IP or CIDR network whose X-Forwarded-For, X-Real-IP and
+                              X-Forwarded-Proto are kept (repeatable; default: none)
+  --upstream-keepalive N      idle connections to the app kept per worker (default 32)
   --engine auto|uring|epoll   I/O engine (default auto: io_uring when it can be set up)
   --workers N                 worker threads, each with its own ring (default: one per CPU)
   --static-max-age SECS       Cache-Control max-age of static files that are not content-hashed
@@ -132,6 +151,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Config
     let mut cache_size = crate::cache::DEFAULT_SIZE;
     let mut prewarm = false;
     let mut metrics = None;
+    let mut upstream = None;
+    let mut upstream_timeout = 60;
+    let mut max_body_size = 100 * 1024 * 1024;
+    let mut trusted = Vec::new();
+    let mut upstream_keepalive = 32;
 
     while let Some(arg) = parser.next()? {
         match arg {
@@ -146,6 +170,39 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Config
                 MountKind::Media,
                 "--media",
             )?),
+            Long("internal") => mounts.push(parse_mount(
+                &string(&mut parser, "--internal")?,
+                MountKind::Internal,
+                "--internal",
+            )?),
+            Long("upstream") => {
+                upstream = Some(
+                    UpstreamAddr::parse(&string(&mut parser, "--upstream")?)
+                        .map_err(ConfigError)?,
+                )
+            }
+            Long("upstream-timeout") => {
+                upstream_timeout = seconds(&mut parser, "--upstream-timeout")?.as_secs()
+            }
+            Long("max-body-size") => {
+                let text = string(&mut parser, "--max-body-size")?;
+                max_body_size = crate::cache::parse_size(&text).ok_or_else(|| {
+                    ConfigError(format!(
+                        "--max-body-size takes bytes or a size like 512K, 100M, 1G, not {text:?}"
+                    ))
+                })?;
+            }
+            Long("trusted-proxy") => {
+                let text = string(&mut parser, "--trusted-proxy")?;
+                trusted.push(Network::parse(&text).ok_or_else(|| {
+                    ConfigError(format!(
+                        "--trusted-proxy takes an IP address or CIDR network like 10.0.0.0/8, not {text:?}"
+                    ))
+                })?);
+            }
+            Long("upstream-keepalive") => {
+                upstream_keepalive = number(&mut parser, "--upstream-keepalive")? as usize
+            }
             Long("engine") => {
                 engine = match string(&mut parser, "--engine")?.as_str() {
                     "auto" => EngineChoice::Auto,
@@ -223,6 +280,17 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Config
             return err(format!("mount prefix {} is given twice", m.prefix));
         }
     }
+    let internal = mounts.iter().any(|m| m.kind == MountKind::Internal);
+    if internal && upstream.is_none() {
+        return err("--internal needs --upstream: only the app's X-Accel-Redirect reaches it");
+    }
+    let proxy = upstream.map(|upstream| ProxySettings {
+        upstream,
+        max_body_size,
+        timeout_secs: upstream_timeout,
+        trusted,
+        max_idle: upstream_keepalive,
+    });
     let workers =
         workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     Ok(Command::Serve(Box::new(Config {
@@ -240,6 +308,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Config
         cache_size,
         prewarm,
         metrics,
+        proxy,
     })))
 }
 
@@ -392,6 +461,12 @@ mod tests {
             (vec!["--cache-size", "lots"], "--cache-size"),
             (vec!["--cache-size", "1.5G"], "--cache-size"),
             (vec!["--metrics", "nowhere"], "--metrics"),
+            (vec!["--upstream", "nowhere"], "--upstream"),
+            (vec!["--upstream", "unix:"], "--upstream"),
+            (vec!["--trusted-proxy", "10.0.0.0/40"], "--trusted-proxy"),
+            (vec!["--max-body-size", "big"], "--max-body-size"),
+            (vec!["--upstream-timeout", "0"], "--upstream-timeout"),
+            (vec!["--internal", &format!("/p/={d}")], "needs --upstream"),
         ] {
             let msg = error(&list);
             assert!(msg.contains(needle), "{msg:?} should mention {needle:?}");

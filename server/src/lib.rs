@@ -7,6 +7,8 @@
 //! - [`files`]: mounts, request-path decoding, the Django manifest, content types, and the one
 //!   place that opens files (`openat2` beneath the mount root);
 //! - [`serve`]: the response decision (validators, ranges, content negotiation, cache policy);
+//! - [`proxy`]: the reverse proxy to the app server (request and response rewriting,
+//!   X-Accel-Redirect), as pure state machines;
 //! - [`cache`]: the per-worker hot-asset cache (bytes and rendered heads) and its telemetry;
 //! - [`conn`]: the per-connection state machine every engine drives (pipelining, keep-alive);
 //! - [`engine`]: the written engine contract and the engines that move bytes.
@@ -27,6 +29,7 @@ pub mod conn;
 pub mod engine;
 pub mod files;
 pub mod http;
+pub mod proxy;
 pub mod serve;
 
 mod runtime;

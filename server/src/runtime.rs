@@ -109,8 +109,19 @@ fn serve(config: &Config) -> Result<i32, String> {
                     m.dir.display()
                 );
             }
+            (MountKind::Internal, _) => {
+                log!("bypass: internal {} -> {}", m.prefix, m.dir.display())
+            }
             _ => log!("bypass: media {} -> {}", m.prefix, m.dir.display()),
         }
+    }
+    if let Some(proxy) = &config.proxy {
+        log!(
+            "bypass: everything else -> {} (timeout {} s, bodies up to {} bytes)",
+            proxy.upstream,
+            proxy.timeout_secs,
+            proxy.max_body_size
+        );
     }
 
     if let Some(addr) = config.metrics {
@@ -130,6 +141,7 @@ fn serve(config: &Config) -> Result<i32, String> {
         header_secs: config.header_timeout.as_secs(),
         keepalive_secs: config.keepalive_timeout.as_secs(),
         send_secs: config.send_timeout.as_secs(),
+        upstream_secs: config.proxy.as_ref().map_or(60, |p| p.timeout_secs),
         shutdown: config.shutdown_timeout,
     };
     let mut handles = Vec::with_capacity(config.workers);

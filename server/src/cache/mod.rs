@@ -146,6 +146,7 @@ impl Entry {
             vary_accept_encoding: self.vary_accept_encoding,
             attachment: self.attachment,
             sandbox: self.sandbox,
+            extra: &[],
         }
     }
 

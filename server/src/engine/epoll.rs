@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::transmit::{self, FileRange, SEND_CHUNK};
+use super::upstream::{self, Pumped, Upstreams};
 use super::{Engine, LINGER_SECS, Shutdown, Timeouts, Worker, set_int_option};
 use crate::conn::{Conn, Phase};
 use crate::http::date;
@@ -60,9 +61,13 @@ const READS_PER_TURN: u32 = 16;
 const POOLED_SEND_BUFS: usize = 256;
 
 /// `epoll_event.u64` of a listener is this bit plus its index, of the shutdown eventfd the bit
-/// below; any other value is a connection slot.
+/// below, of an upstream connection the next bit plus its id; any other value is a connection
+/// slot.
 const LISTENER_TOKEN: u64 = 1 << 63;
 const SHUTDOWN_TOKEN: u64 = 1 << 62;
+const UPSTREAM_TOKEN: u64 = 1 << 61;
+/// Rounds of client and upstream work one connection gets per turn before the others.
+const PROXY_ROUNDS: usize = 8;
 
 impl Engine for Epoll {
     const NAME: &'static str = "epoll";
@@ -84,6 +89,7 @@ impl Engine for Epoll {
 enum Token {
     Conn(usize),
     Listener(usize),
+    Upstream(usize),
     Shutdown,
 }
 
@@ -92,6 +98,8 @@ fn decode(token: u64) -> Token {
         Token::Listener((token & !LISTENER_TOKEN) as usize)
     } else if token == SHUTDOWN_TOKEN {
         Token::Shutdown
+    } else if token & UPSTREAM_TOKEN != 0 {
+        Token::Upstream((token & !UPSTREAM_TOKEN) as usize)
     } else {
         Token::Conn(token as usize)
     }
@@ -287,13 +295,19 @@ struct Connection {
     /// On the worker's ready list.
     queued: bool,
     last_progress: u64,
+    /// The upstream connection carrying this connection's request to the app.
+    upstream: Option<usize>,
+    /// The next upstream must be a new connection (a pooled one failed).
+    fresh_upstream: bool,
 }
 
 impl Connection {
-    fn new(fd: OwnedFd, now: u64) -> Self {
+    fn new(fd: OwnedFd, now: u64, peer: Option<std::net::IpAddr>) -> Self {
         Connection {
             fd,
-            conn: Conn::new(now),
+            conn: Conn::new(now, peer),
+            upstream: None,
+            fresh_upstream: false,
             state: State::Open,
             send_buf: Vec::new(),
             sent: 0,
@@ -583,6 +597,8 @@ struct EpollWorker {
     ready: Vec<usize>,
     ready_now: Vec<usize>,
     cx: Ctx,
+    /// Connections to the app, when there is one.
+    upstreams: Option<Upstreams>,
     timeouts: Timeouts,
     shutdown: Arc<Shutdown>,
     shutdown_deadline: Option<u64>,
@@ -592,7 +608,9 @@ struct EpollWorker {
 impl EpollWorker {
     fn new(worker: Worker) -> io::Result<Self> {
         let poller = Poller::new()?;
+        let upstreams = worker.site.proxy.as_ref().map(Upstreams::new);
         Ok(EpollWorker {
+            upstreams,
             poller,
             events: vec![libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS].into_boxed_slice(),
             listeners: worker.listeners,
@@ -658,6 +676,7 @@ impl EpollWorker {
                 match decode(token) {
                     Token::Conn(slot) => self.on_event(slot, events),
                     Token::Listener(i) => self.accept(i),
+                    Token::Upstream(id) => self.on_upstream_event(id, events),
                     Token::Shutdown => self.begin_shutdown(),
                 }
             }
@@ -677,6 +696,105 @@ impl EpollWorker {
                 self.sweep();
             }
             self.free_slots.append(&mut self.released);
+            if let Some(ups) = self.upstreams.as_mut() {
+                ups.end_turn();
+            }
+        }
+    }
+
+    fn on_upstream_event(&mut self, id: usize, events: u32) {
+        let Some(ups) = self.upstreams.as_mut() else {
+            return;
+        };
+        let Some(u) = ups.get(id) else {
+            return;
+        };
+        // An error or hang-up is reported by the next call in either direction.
+        let failed = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
+        if events & ((libc::EPOLLIN | libc::EPOLLRDHUP) as u32 | failed) != 0 {
+            u.readable = true;
+        }
+        if events & (libc::EPOLLOUT as u32 | failed) != 0 {
+            u.writable = true;
+        }
+        if let Some(owner) = ups.ready(id) {
+            self.drive(owner);
+        }
+    }
+
+    /// Moves the connection's exchange with the app along: an upstream connection for it if
+    /// it has none, then bytes both ways. Returns whether anything moved.
+    fn pump(&mut self, slot: usize) -> bool {
+        let Some(ups) = self.upstreams.as_mut() else {
+            return false;
+        };
+        let mut moved = false;
+        loop {
+            let Some(c) = self.conns[slot].as_mut() else {
+                return moved;
+            };
+            let id = match c.upstream {
+                Some(id) => id,
+                None if !c.conn.has_exchange() || c.state != State::Open => return moved,
+                None => match ups.acquire(slot, std::mem::take(&mut c.fresh_upstream)) {
+                    Ok((id, new)) => {
+                        let fd = ups.get(id).map(|u| u.fd.as_raw_fd());
+                        let events =
+                            libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET;
+                        if new
+                            && let Some(fd) = fd
+                            && let Err(e) =
+                                self.poller
+                                    .add(fd, events as u32, UPSTREAM_TOKEN | id as u64)
+                        {
+                            ups.close(id);
+                            let what = format!("cannot watch the connection: {e}");
+                            c.conn
+                                .upstream_error(&what, false, &mut self.cx.service, self.cx.now);
+                            c.conn.take_released();
+                            moved = true;
+                            continue;
+                        }
+                        c.upstream = Some(id);
+                        id
+                    }
+                    Err(e) => {
+                        let what = format!("cannot connect: {e}");
+                        c.conn
+                            .upstream_error(&what, false, &mut self.cx.service, self.cx.now);
+                        c.conn.take_released();
+                        moved = true;
+                        continue;
+                    }
+                },
+            };
+            let (pumped, m) = ups.pump(id, &mut c.conn, &mut self.cx.service, self.cx.now);
+            moved |= m;
+            match pumped {
+                // Edge-triggered: the socket's next edge drives the owner again.
+                Pumped::Wait { .. } => return moved,
+                Pumped::Detach { reusable } => {
+                    c.upstream = None;
+                    ups.release(id, reusable);
+                    moved = true;
+                }
+                Pumped::Retry => {
+                    c.upstream = None;
+                    c.fresh_upstream = true;
+                    ups.close(id);
+                    moved = true;
+                }
+            }
+        }
+    }
+
+    /// Ends the connection's exchange with the app, if it has an upstream connection.
+    fn drop_upstream(&mut self, slot: usize) {
+        if let Some(c) = self.conns[slot].as_mut()
+            && let Some(id) = c.upstream.take()
+            && let Some(ups) = self.upstreams.as_mut()
+        {
+            ups.close(id);
         }
     }
 
@@ -694,18 +812,29 @@ impl EpollWorker {
     }
 
     fn drive(&mut self, slot: usize) {
+        // Client work can feed the app (a request body) and the app's bytes give the client
+        // output, so the two alternate until neither moves, for a bounded number of rounds.
+        let mut next = Next::Yield;
+        for _ in 0..PROXY_ROUNDS {
+            let Some(c) = self.conns[slot].as_mut() else {
+                return;
+            };
+            next = c.drive(&mut self.cx);
+            if next == Next::Close {
+                self.close(slot);
+                return;
+            }
+            if !self.pump(slot) {
+                break;
+            }
+            next = Next::Yield;
+        }
         let Some(c) = self.conns[slot].as_mut() else {
             return;
         };
-        match c.drive(&mut self.cx) {
-            Next::Wait => {}
-            Next::Yield => {
-                if !c.queued {
-                    c.queued = true;
-                    self.ready.push(slot);
-                }
-            }
-            Next::Close => self.close(slot),
+        if next == Next::Yield && !c.queued {
+            c.queued = true;
+            self.ready.push(slot);
         }
     }
 
@@ -751,7 +880,13 @@ impl EpollWorker {
                 }
                 continue;
             }
-            let connection = Connection::new(fd, self.cx.now);
+            // Only a proxy needs the peer's address (X-Forwarded-For).
+            let peer = self
+                .upstreams
+                .is_some()
+                .then(|| upstream::peer_ip(fd.as_raw_fd()))
+                .flatten();
+            let connection = Connection::new(fd, self.cx.now, peer);
             if slot == self.conns.len() {
                 self.conns.push(Some(connection));
             } else {
@@ -762,6 +897,7 @@ impl EpollWorker {
     }
 
     fn close(&mut self, slot: usize) {
+        self.drop_upstream(slot);
         if let Some(c) = self.conns[slot].take() {
             // Dropping the descriptor closes it, which also takes it out of the epoll set.
             self.cx.recycle(c.send_buf);
@@ -781,7 +917,7 @@ impl EpollWorker {
         let now = self.cx.now;
         let past_deadline = self.shutdown_deadline.is_some_and(|d| now >= d);
         for slot in 0..self.conns.len() {
-            let Some(c) = self.conns[slot].as_ref() else {
+            let Some(c) = self.conns[slot].as_mut() else {
                 continue;
             };
             let expired = past_deadline
@@ -792,7 +928,13 @@ impl EpollWorker {
                     }
                     State::Lingering { since } => now.saturating_sub(since) > LINGER_SECS,
                 };
-            if expired {
+            if expired && !past_deadline && c.phase() == Phase::Upstream {
+                // The app is too slow: the core answers 504 (or ends a started response).
+                c.conn.upstream_timed_out(&mut self.cx.service, now);
+                c.conn.take_released();
+                self.drop_upstream(slot);
+                self.drive(slot);
+            } else if expired {
                 self.close(slot);
             }
         }
@@ -816,9 +958,10 @@ impl EpollWorker {
             if c.state != State::Open {
                 continue;
             }
-            if c.phase() == Phase::Busy {
+            if matches!(c.phase(), Phase::Busy | Phase::Upstream) {
                 // Finish the replies owed, read no further requests.
                 c.conn.peer_closed();
+                self.drive(slot);
             } else {
                 self.close(slot);
             }
@@ -875,7 +1018,7 @@ mod tests {
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
         (
-            Connection::new(OwnedFd::from(server), date::now_secs()),
+            Connection::new(OwnedFd::from(server), date::now_secs(), None),
             client,
         )
     }
@@ -1006,6 +1149,7 @@ mod tests {
                 header_secs: 10,
                 keepalive_secs: 10,
                 send_secs: 60,
+                upstream_secs: 60,
                 shutdown: Duration::from_secs(2),
             },
             shutdown: Arc::clone(&shutdown),

@@ -22,13 +22,20 @@
 //!    no send progress for the send timeout (a connection is busy while any of its output, the
 //!    engine's own send buffer included, is unsent);
 //! 6. on [`Shutdown`]: stop accepting, close idle connections, let the others finish their
-//!    output (no further requests are read), and return when none are left or the shutdown
-//!    timeout has passed.
+//!    output and their exchanges with the app (no further requests are read), and return when
+//!    none are left or the shutdown timeout has passed;
+//! 7. with an upstream configured ([`upstream::Upstreams`]): while `Conn::has_exchange`, give
+//!    the connection an upstream connection (pooled or new) and run [`upstream::Upstreams::pump`]
+//!    whenever either socket makes progress or becomes ready, until it says `Detach` (back to
+//!    the pool or closed) or `Retry` (close it, take a fresh one); close an upstream connection
+//!    whose client connection closes; and, when `Phase::Upstream` outlives the upstream
+//!    timeout, call `Conn::upstream_timed_out` instead of closing the client connection.
 //!
 //! Engines never parse HTTP, choose statuses or open files; that is the core's job.
 
 pub mod epoll;
 pub mod transmit;
+pub mod upstream;
 pub mod uring;
 
 use std::io;
@@ -58,6 +65,8 @@ pub struct Timeouts {
     pub header_secs: u64,
     pub keepalive_secs: u64,
     pub send_secs: u64,
+    /// How long a proxied request may make no progress (`--upstream-timeout`).
+    pub upstream_secs: u64,
     pub shutdown: Duration,
 }
 
@@ -71,6 +80,9 @@ impl Timeouts {
             Phase::Idle => now.saturating_sub(phase_since) > self.keepalive_secs,
             Phase::ReadingHead => now.saturating_sub(phase_since) > self.header_secs,
             Phase::Busy => now.saturating_sub(last_progress) > self.send_secs,
+            // Not the connection's to close: the engine lets the core answer 504 (or end an
+            // exchange that had started to answer).
+            Phase::Upstream => now.saturating_sub(phase_since) > self.upstream_secs,
         }
     }
 }
@@ -256,6 +268,7 @@ mod tests {
             header_secs: 2,
             keepalive_secs: 5,
             send_secs: 9,
+            upstream_secs: 30,
             shutdown: Duration::from_secs(1),
         };
         assert!(!t.expired(Phase::ReadingHead, 10, 0, 12));

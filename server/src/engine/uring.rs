@@ -12,6 +12,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use super::transmit::{self, SEND_CHUNK};
+use super::upstream::{self, Pumped, Upstreams};
 use super::{Engine, LINGER_SECS, Shutdown, Timeouts, Worker, set_int_option};
 use crate::conn::{Conn, Phase};
 use crate::http::date;
@@ -51,7 +52,13 @@ enum Op {
     Cancel = 6,
     /// The socket became writable again during a sendfile stream.
     Writable = 7,
+    /// An upstream connection (the index is its id) became readable, or writable.
+    UpRead = 8,
+    UpWrite = 9,
 }
+
+/// Rounds of upstream and client work one connection gets per completion.
+const PROXY_ROUNDS: usize = 8;
 
 fn user_data(op: Op, index: usize) -> u64 {
     (op as u64) << 56 | index as u64
@@ -148,6 +155,10 @@ struct Connection {
     last_progress: u64,
     /// A large file range being sent with sendfile.
     stream: Option<transmit::FileRange>,
+    /// The upstream connection carrying this connection's request to the app.
+    upstream: Option<usize>,
+    /// The next upstream must be a new connection (a pooled one failed).
+    fresh_upstream: bool,
 }
 
 struct UringWorker {
@@ -159,6 +170,8 @@ struct UringWorker {
     listeners: Vec<TcpListener>,
     accepting: bool,
     service: Service,
+    /// Connections to the app, when there is one.
+    upstreams: Option<Upstreams>,
     timeouts: Timeouts,
     shutdown: std::sync::Arc<Shutdown>,
     shutdown_deadline: Option<u64>,
@@ -197,6 +210,7 @@ impl UringWorker {
             live: 0,
             listeners: worker.listeners,
             accepting: true,
+            upstreams: worker.site.proxy.as_ref().map(Upstreams::new),
             service: Service::new(worker.site),
             timeouts: worker.timeouts,
             shutdown: worker.shutdown,
@@ -245,6 +259,9 @@ impl UringWorker {
                 self.complete(data, result, flags);
             }
             self.completions = completions;
+            if let Some(ups) = self.upstreams.as_mut() {
+                ups.end_turn();
+            }
         }
     }
 
@@ -255,6 +272,16 @@ impl UringWorker {
             x if x == Op::Recv as u8 => self.on_recv(index, result, flags),
             x if x == Op::Send as u8 => self.on_send(index, result),
             x if x == Op::Writable as u8 => self.on_send(index, 0),
+            x if x == Op::UpRead as u8 || x == Op::UpWrite as u8 => {
+                let owner = self
+                    .upstreams
+                    .as_mut()
+                    .and_then(|ups| ups.poll_done(index, x == Op::UpRead as u8));
+                match owner {
+                    Some(slot) => self.drive_proxy(slot),
+                    None => self.watch_idle(index),
+                }
+            }
             x if x == Op::Timer as u8 => {
                 if !cqueue::more(flags) {
                     self.arm_timer();
@@ -319,9 +346,17 @@ impl UringWorker {
         }
         // Replies are written whole, so Nagle would only delay the last segment of each.
         let _ = set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
+        // Only a proxy needs the peer's address (X-Forwarded-For).
+        let peer = self
+            .upstreams
+            .is_some()
+            .then(|| upstream::peer_ip(fd))
+            .flatten();
         let connection = Connection {
             fd,
-            conn: Conn::new(self.now),
+            conn: Conn::new(self.now, peer),
+            upstream: None,
+            fresh_upstream: false,
             state: State::Open,
             send_buf: Vec::new(),
             sent: 0,
@@ -383,12 +418,14 @@ impl UringWorker {
             }
             self.bufs.recycle(bid);
             self.after_input(slot);
+            self.drive_proxy(slot);
         } else if result == 0 {
             c.peer_eof = true;
             match c.state {
                 State::Open => {
                     c.conn.peer_closed();
                     self.after_input(slot);
+                    self.drive_proxy(slot);
                 }
                 _ => self.close_now(slot),
             }
@@ -556,8 +593,126 @@ impl UringWorker {
             c.sent += result as usize;
             c.last_progress = self.now;
             self.start_send(slot);
+            self.drive_proxy(slot);
         }
         self.release_if_done(slot);
+    }
+
+    /// Moves the connection's exchange with the app along, alternating with the client side
+    /// (the app's bytes are client output; sending may release request-body back-pressure).
+    fn drive_proxy(&mut self, slot: usize) {
+        if self.upstreams.is_none() {
+            return;
+        }
+        for _ in 0..PROXY_ROUNDS {
+            if !self.pump(slot) {
+                return;
+            }
+            self.after_input(slot);
+        }
+    }
+
+    /// One round of upstream work: an upstream connection for the exchange if it has none,
+    /// bytes both ways, and polls armed for what it waits on. Returns whether anything moved.
+    fn pump(&mut self, slot: usize) -> bool {
+        let mut moved = false;
+        loop {
+            let Some(ups) = self.upstreams.as_mut() else {
+                return moved;
+            };
+            let Some(c) = self.conns[slot].as_mut() else {
+                return moved;
+            };
+            let id = match c.upstream {
+                Some(id) => id,
+                None if !c.conn.has_exchange() || c.state != State::Open => return moved,
+                None => match ups.acquire(slot, std::mem::take(&mut c.fresh_upstream)) {
+                    Ok((id, _)) => {
+                        c.upstream = Some(id);
+                        id
+                    }
+                    Err(e) => {
+                        let what = format!("cannot connect: {e}");
+                        c.conn
+                            .upstream_error(&what, false, &mut self.service, self.now);
+                        c.conn.take_released();
+                        moved = true;
+                        continue;
+                    }
+                },
+            };
+            let (pumped, m) = ups.pump(id, &mut c.conn, &mut self.service, self.now);
+            moved |= m;
+            match pumped {
+                Pumped::Wait { read, write } => {
+                    self.arm_upstream(id, read, write);
+                    return moved;
+                }
+                Pumped::Detach { reusable } => {
+                    c.upstream = None;
+                    ups.release(id, reusable);
+                    self.watch_idle(id);
+                    moved = true;
+                }
+                Pumped::Retry => {
+                    c.upstream = None;
+                    c.fresh_upstream = true;
+                    ups.close(id);
+                    moved = true;
+                }
+            }
+        }
+    }
+
+    /// Arms one-shot polls on an upstream connection for what it waits on.
+    fn arm_upstream(&mut self, id: usize, read: bool, write: bool) {
+        let Some(u) = self.upstreams.as_mut().and_then(|ups| ups.get(id)) else {
+            return;
+        };
+        let fd = u.fd.as_raw_fd();
+        let mut entries = Vec::new();
+        if read && !u.poll_in {
+            u.poll_in = true;
+            entries.push(
+                opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+                    .build()
+                    .user_data(user_data(Op::UpRead, id)),
+            );
+        }
+        if write && !u.poll_out {
+            u.poll_out = true;
+            entries.push(
+                opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32)
+                    .build()
+                    .user_data(user_data(Op::UpWrite, id)),
+            );
+        }
+        for entry in entries {
+            self.push(entry);
+        }
+    }
+
+    /// Keeps a poll armed on an idle pooled upstream connection, so that the app closing it is
+    /// noticed (and the connection closed) while it waits.
+    fn watch_idle(&mut self, id: usize) {
+        let idle = self
+            .upstreams
+            .as_mut()
+            .and_then(|ups| ups.get(id))
+            .is_some_and(|u| u.owner.is_none() && !u.closing);
+        if idle {
+            self.arm_upstream(id, true, false);
+        }
+    }
+
+    /// Ends the connection's exchange with the app, if it has an upstream connection.
+    fn drop_upstream(&mut self, slot: usize) {
+        if let Some(c) = self.conns[slot].as_mut()
+            && let Some(id) = c.upstream.take()
+            && let Some(ups) = self.upstreams.as_mut()
+        {
+            ups.close(id);
+        }
     }
 
     /// Half-closes after the last reply and drains input for a while (RFC 9112 §9.6), so that
@@ -578,6 +733,7 @@ impl UringWorker {
     }
 
     fn close_now(&mut self, slot: usize) {
+        self.drop_upstream(slot);
         let Some(c) = self.conns[slot].as_mut() else {
             return;
         };
@@ -644,7 +800,19 @@ impl UringWorker {
                     State::Lingering { since } => now.saturating_sub(since) > LINGER_SECS,
                     State::Closing => false,
                 };
-            if expired {
+            let proxying = matches!(c.state, State::Open)
+                && !c.send_in_flight
+                && c.conn.phase() == Phase::Upstream;
+            if expired && !past_deadline && proxying {
+                // The app is too slow: the core answers 504 (or ends a started response).
+                if let Some(c) = self.conns[slot].as_mut() {
+                    c.conn.upstream_timed_out(&mut self.service, now);
+                    c.conn.take_released();
+                }
+                self.drop_upstream(slot);
+                self.after_input(slot);
+                self.drive_proxy(slot);
+            } else if expired {
                 self.close_now(slot);
             }
         }
@@ -669,9 +837,10 @@ impl UringWorker {
             if c.state != State::Open {
                 continue;
             }
-            if c.conn.phase() == Phase::Busy || c.send_in_flight {
+            if matches!(c.conn.phase(), Phase::Busy | Phase::Upstream) || c.send_in_flight {
                 // Finish the replies owed, read no further requests.
                 c.conn.peer_closed();
+                self.drive_proxy(slot);
             } else {
                 self.close_now(slot);
             }

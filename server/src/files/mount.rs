@@ -60,6 +60,14 @@ impl Mounts {
             .find_map(|(i, m)| path.strip_prefix(m.prefix.as_str()).map(|rel| (i, rel)))
     }
 
+    /// Whether a raw request-target starts with a mount's prefix: such a target is answered
+    /// by the mount (even when it is no valid path), never passed to the app.
+    pub fn claims(&self, target: &[u8]) -> bool {
+        self.list
+            .iter()
+            .any(|m| target.starts_with(m.prefix.as_bytes()))
+    }
+
     pub fn get(&self, index: usize) -> &Mount {
         &self.list[index]
     }

@@ -20,6 +20,7 @@ pub fn reason(status: u16) -> &'static str {
         413 => "Content Too Large",
         414 => "URI Too Long",
         416 => "Range Not Satisfiable",
+        417 => "Expectation Failed",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
@@ -72,6 +73,12 @@ impl<'a> Head<'a> {
         self.buf.extend_from_slice(b"Content-Range: ");
         write_content_range(self.buf, range, len);
         self.buf.extend_from_slice(b"\r\n");
+        self
+    }
+
+    /// Appends fields already rendered as header lines (each ending in CRLF).
+    pub fn raw(&mut self, lines: &[u8]) -> &mut Self {
+        self.buf.extend_from_slice(lines);
         self
     }
 

@@ -31,6 +31,8 @@ pub struct FilePolicy<'a> {
     pub attachment: bool,
     /// Untrusted content: sandbox any document a browser makes of it.
     pub sandbox: bool,
+    /// Further fields, rendered as header lines: those an app set on an X-Accel-Redirect.
+    pub extra: &'a [u8],
 }
 
 /// Which bytes of the representation follow the head.
@@ -74,6 +76,7 @@ pub fn respond(
                 head.field("Vary", "Accept-Encoding");
             }
             sandbox(&mut head, policy);
+            head.raw(policy.extra);
             connection.write(&mut head);
             head.finish();
             return BodyPlan::None;
@@ -220,6 +223,7 @@ fn common_fields(head: &mut Head<'_>, meta: &FileMeta<'_>, policy: &FilePolicy<'
         head.field("Content-Disposition", "attachment");
     }
     sandbox(head, policy);
+    head.raw(policy.extra);
 }
 
 /// Every response from an untrusted mount is sandboxed, whatever its status.
@@ -264,6 +268,7 @@ mod tests {
             vary_accept_encoding: true,
             attachment: false,
             sandbox: false,
+            extra: &[],
         }
     }
 
@@ -381,6 +386,7 @@ mod tests {
             vary_accept_encoding: false,
             attachment: true,
             sandbox: true,
+            extra: &[],
         };
         let (head, _) = run("GET /m/x.html HTTP/1.1\r\nHost: x\r\n\r\n", policy);
         assert!(head.contains("\r\nContent-Encoding: br\r\n"));

@@ -20,6 +20,8 @@ use crate::files::mount::{Mount, Mounts};
 use crate::files::open::{self, OpenError};
 use crate::files::{mime, path};
 use crate::http::request::{Method, Request};
+use crate::proxy::ProxySettings;
+use crate::proxy::head::Accel;
 use crate::serve::range::ByteRange;
 use file::{BodyPlan, FileMeta, FilePolicy};
 use negotiate::Encoding;
@@ -30,10 +32,21 @@ use static_files::StaticFiles;
 /// unnecessary for a response without Authorization.
 pub const IMMUTABLE: &[u8] = b"max-age=31536000, immutable";
 
+/// What [`Service::respond`] did with a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Routed {
+    /// The reply is in the output.
+    Answered,
+    /// The request belongs to the app: nothing was written.
+    Forward,
+}
+
 /// Everything the workers share: the mounts and the policies from the command line.
 #[derive(Debug)]
 pub struct Site {
     pub mounts: Mounts,
+    /// The app server behind the mounts, if any.
+    pub proxy: Option<ProxySettings>,
     static_cache_control: Vec<u8>,
     media_cache_control: Vec<u8>,
     immutable: Option<regex_lite::Regex>,
@@ -52,6 +65,7 @@ impl Site {
         }
         Ok(Site {
             mounts: Mounts::new(mounts),
+            proxy: config.proxy.clone(),
             static_cache_control: format!("max-age={}", config.static_max_age).into_bytes(),
             media_cache_control: config.media_cache_control.clone().into_bytes(),
             immutable: config.immutable.clone(),
@@ -94,6 +108,10 @@ impl Service {
             service.prewarm();
         }
         service
+    }
+
+    pub fn site(&self) -> &Arc<Site> {
+        &self.site
     }
 
     /// Loads every static mount's hashed files (and their precompressed siblings) into the
@@ -182,6 +200,7 @@ impl Service {
             vary_accept_encoding: !resource.available.only_identity(),
             attachment: false,
             sandbox: false,
+            extra: &[],
         }
     }
 
@@ -235,23 +254,41 @@ impl Service {
         self.cache.record_hit(key, entry.len(), sent);
     }
 
-    /// Appends the complete reply to `req` to `out`. `keep_alive` is whether the connection
-    /// stays open after it (the request's wish, overruled by the connection when it must close).
-    pub fn respond(&mut self, req: &Request<'_>, keep_alive: bool, out: &mut Output) {
+    /// Appends the complete reply to `req` to `out`, or says that the request is the app's
+    /// (outside every mount, with an upstream configured). `keep_alive` is whether the
+    /// connection stays open after it (the request's wish, overruled by the connection when it
+    /// must close).
+    pub fn respond(&mut self, req: &Request<'_>, keep_alive: bool, out: &mut Output) -> Routed {
         let connection = ConnectionHeader::new(req.version, keep_alive);
         let head_only = req.method == Method::Head;
+        let forwarding = self.site.proxy.is_some();
         let decoded = match path::decode_target(req.target) {
             Ok(p) => p,
+            // A target that is no file path may still be a fine URL for the app; one that
+            // names a mount is answered here.
+            Err(_) if forwarding && !self.site.mounts.claims(req.target) => return Routed::Forward,
             Err(path::PathError::BadRequest) => {
-                return error(out, 400, "bad request path", connection, head_only);
+                error(out, 400, "bad request path", connection, head_only);
+                return Routed::Answered;
             }
             Err(path::PathError::NotFound) => {
-                return error(out, 404, "not found", connection, head_only);
+                error(out, 404, "not found", connection, head_only);
+                return Routed::Answered;
             }
         };
         let Some((index, rel)) = self.site.mounts.route(&decoded) else {
-            return error(out, 404, "not found", connection, head_only);
+            if forwarding {
+                return Routed::Forward;
+            }
+            error(out, 404, "not found", connection, head_only);
+            return Routed::Answered;
         };
+        let site = Arc::clone(&self.site);
+        let mount = site.mounts.get(index);
+        if mount.kind == MountKind::Internal {
+            error(out, 404, "not found", connection, head_only);
+            return Routed::Answered;
+        }
         if !matches!(req.method, Method::Get | Method::Head) {
             simple(
                 out,
@@ -261,15 +298,48 @@ impl Service {
                 connection,
                 head_only,
             );
-            return;
+            return Routed::Answered;
         }
+        match mount.kind {
+            MountKind::Static => {
+                self.respond_static(req, &site, index, mount, rel, connection, out)
+            }
+            MountKind::Media | MountKind::Internal => {
+                self.respond_media(req, &site, index, mount, rel, connection, None, out)
+            }
+        }
+        Routed::Answered
+    }
+
+    /// Answers `req` with the file an app named in X-Accel-Redirect (on any mount, internal
+    /// ones included), keeping the fields the app set.
+    pub fn respond_accel(
+        &mut self,
+        req: &Request<'_>,
+        accel: &Accel,
+        keep_alive: bool,
+        out: &mut Output,
+    ) {
+        let connection = ConnectionHeader::new(req.version, keep_alive);
+        let head_only = req.method == Method::Head;
+        let uri = String::from_utf8_lossy(&accel.uri);
+        let Ok(decoded) = path::decode_target(&accel.uri) else {
+            log!("bypass: the app sent X-Accel-Redirect {uri:?}, which is no valid path");
+            return error(out, 500, "internal server error", connection, head_only);
+        };
+        let Some((index, rel)) = self.site.mounts.route(&decoded) else {
+            log!("bypass: the app sent X-Accel-Redirect {uri:?}, which is under no mount");
+            return error(out, 404, "not found", connection, head_only);
+        };
         let site = Arc::clone(&self.site);
         let mount = site.mounts.get(index);
         match mount.kind {
             MountKind::Static => {
                 self.respond_static(req, &site, index, mount, rel, connection, out)
             }
-            MountKind::Media => self.respond_media(req, &site, index, mount, rel, connection, out),
+            MountKind::Media | MountKind::Internal => {
+                self.respond_media(req, &site, index, mount, rel, connection, Some(accel), out)
+            }
         }
     }
 
@@ -347,13 +417,15 @@ impl Service {
         mount: &Mount,
         rel: &str,
         connection: ConnectionHeader,
+        accel: Option<&Accel>,
         out: &mut Output,
     ) {
         let head_only = req.method == Method::Head;
         let key = cache::key(index, Encoding::Identity, rel);
-        if self.cache.enabled()
-            && let Some(cached) = self.cache.lookup(key, index, Encoding::Identity, rel)
-        {
+        // A copy's stored head carries the mount's fields, not an app's: X-Accel-Redirect
+        // answers go around the cache.
+        let use_cache = self.cache.enabled() && accel.is_none();
+        if use_cache && let Some(cached) = self.cache.lookup(key, index, Encoding::Identity, rel) {
             // Uploads change at any time: a copy is served only while the path still names
             // the very file it was taken from (one fstatat), so a replaced, rewritten,
             // truncated or deleted upload is never served from the cache, not even once.
@@ -372,7 +444,7 @@ impl Service {
             }
         };
         let content_type = mime::content_type(rel);
-        let cacheable = self.cache.enabled() && self.cache.fits(opened.len);
+        let cacheable = use_cache && self.cache.fits(opened.len);
         if cacheable {
             self.cache.record_miss(key, opened.len);
         }
@@ -403,7 +475,10 @@ impl Service {
             opened.len,
             Encoding::Identity,
         );
-        let policy = Self::media_policy(site, content_type);
+        let policy = match accel {
+            Some(accel) => Self::accel_policy(site, content_type, accel),
+            None => Self::media_policy(site, content_type),
+        };
         let meta = FileMeta {
             len: opened.len,
             etag: &etag,
@@ -424,7 +499,31 @@ impl Service {
             vary_accept_encoding: false,
             attachment: mime::is_active_content(content_type),
             sandbox: true,
+            extra: &[],
         }
+    }
+
+    /// The media policy with what the app set on an X-Accel-Redirect: its Content-Type and
+    /// Cache-Control replace the mount's, its other kept fields are added, and an app that
+    /// chose a Content-Disposition is not overruled.
+    fn accel_policy<'s>(
+        site: &'s Site,
+        content_type: &'static str,
+        accel: &'s Accel,
+    ) -> FilePolicy<'s> {
+        let mut policy = Self::media_policy(site, content_type);
+        if let Some(t) = &accel.content_type {
+            policy.content_type = t;
+            policy.attachment = mime::is_active_content(t);
+        }
+        if let Some(cc) = &accel.cache_control {
+            policy.cache_control = cc;
+        }
+        policy.extra = &accel.fields;
+        if accel.has_field("content-disposition") {
+            policy.attachment = false;
+        }
+        policy
     }
 }
 

@@ -88,6 +88,18 @@ impl Output {
         self.segments.is_empty()
     }
 
+    /// Bytes queued as byte segments (a proxied response waiting for the client): what the
+    /// proxy's back-pressure looks at. Short queues only, so counting is cheap.
+    pub fn buffered_bytes(&self) -> usize {
+        self.segments
+            .iter()
+            .map(|s| match s {
+                Segment::Bytes(b) => b.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
     /// Replies queued and not yet fully handed to the engine.
     pub fn queued_replies(&self) -> usize {
         self.replies
