@@ -112,9 +112,10 @@ impl Conn {
             }
     }
 
-    /// Whether the connection is to be closed once the output has been sent.
+    /// Whether the connection is to be closed once the output has been sent. Not while a
+    /// request is with the app: its answer is still to come.
     pub fn should_close(&self) -> bool {
-        self.closing
+        self.closing && self.proxy.is_none()
     }
 
     pub fn phase(&self) -> Phase {
@@ -464,5 +465,249 @@ impl Conn {
         );
         self.closing = true;
         self.pending = Vec::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The proxy's behaviour on one connection, with no sockets: client bytes in, the bytes the
+    //! app would get out, the app's bytes in, the client's bytes out.
+
+    use super::*;
+    use crate::config::{self, Command};
+    use crate::engine::transmit;
+    use std::sync::Arc;
+
+    struct Rig {
+        conn: Conn,
+        service: Service,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Rig {
+        fn new(extra: &[&str]) -> Rig {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir(dir.path().join("static")).unwrap();
+            std::fs::write(dir.path().join("static/app.css"), "body{}").unwrap();
+            let mut args = vec![
+                "--upstream".to_string(),
+                "127.0.0.1:9".to_string(),
+                "--static".to_string(),
+                format!("/static/={}", dir.path().join("static").display()),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let Ok(Command::Serve(config)) = config::parse(args.into_iter().map(Into::into)) else {
+                panic!("test config does not parse");
+            };
+            let site = Arc::new(crate::serve::Site::new(&config).unwrap());
+            Rig {
+                conn: Conn::new(0, Some("192.0.2.1".parse().unwrap())),
+                service: Service::new(site),
+                _dir: dir,
+            }
+        }
+
+        fn client(&mut self, bytes: &[u8]) {
+            self.conn.received(bytes, &mut self.service, 0);
+        }
+
+        /// What the app would receive now.
+        fn to_app(&mut self) -> String {
+            let data = self.conn.upstream_pending().to_vec();
+            self.conn.upstream_sent(data.len(), &mut self.service, 0);
+            String::from_utf8_lossy(&data).into_owned()
+        }
+
+        fn app(&mut self, bytes: &[u8]) {
+            self.conn.upstream_received(bytes, &mut self.service, 0);
+        }
+
+        /// What the client would receive now.
+        fn to_client(&mut self) -> String {
+            let mut all = Vec::new();
+            loop {
+                let mut buf = Vec::new();
+                let fill = transmit::fill(&mut self.conn.output, &mut buf, None);
+                assert!(!fill.truncated);
+                if buf.is_empty() {
+                    break;
+                }
+                all.extend_from_slice(&buf);
+            }
+            self.conn.output_drained(&mut self.service, 0);
+            String::from_utf8_lossy(&all).into_owned()
+        }
+    }
+
+    #[test]
+    fn pipelined_static_and_proxied_requests_are_answered_in_order() {
+        let mut r = Rig::new(&[]);
+        r.client(
+            b"GET /static/app.css HTTP/1.1\r\nHost: h\r\n\r\n\
+              GET /one HTTP/1.1\r\nHost: h\r\n\r\n\
+              GET /static/app.css HTTP/1.1\r\nHost: h\r\n\r\n\
+              GET /two HTTP/1.1\r\nHost: h\r\n\r\n",
+        );
+        assert!(r.to_app().starts_with("GET /one HTTP/1.1\r\n"));
+        // The second static reply waits behind the first proxied one.
+        let first = r.to_client();
+        assert_eq!(first.matches("HTTP/1.1 200").count(), 1);
+        assert!(first.ends_with("body{}"));
+        r.app(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none");
+        assert_eq!(r.conn.take_released(), Some(true));
+        assert!(r.to_app().starts_with("GET /two HTTP/1.1\r\n"));
+        r.app(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\ntwo\r\n0\r\n\r\n");
+        let rest = r.to_client();
+        let one = rest.find("one").unwrap();
+        let css = rest.find("body{}").unwrap();
+        let two = rest.find("3\r\ntwo\r\n0\r\n\r\n").unwrap();
+        assert!(one < css && css < two, "{rest}");
+        assert!(!r.conn.has_exchange() && !r.conn.should_close());
+    }
+
+    #[test]
+    fn request_bodies_stream_with_back_pressure() {
+        let mut r = Rig::new(&[]);
+        let body = vec![b'x'; 600 * 1024];
+        r.client(
+            format!(
+                "POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        r.client(&body);
+        // The app has not read anything yet: the rest waits, and input pauses.
+        assert!(!r.conn.wants_input());
+        let mut got = 0;
+        loop {
+            let sent = r.to_app();
+            if sent.is_empty() {
+                break;
+            }
+            got += sent.len();
+        }
+        let head_len = got - body.len();
+        assert!(head_len > 0 && head_len < 300, "{got}");
+        assert!(r.conn.wants_input());
+        r.app(b"HTTP/1.1 204 No Content\r\n\r\n");
+        assert!(r.to_client().starts_with("HTTP/1.1 204 No Content\r\n"));
+        assert_eq!(r.conn.take_released(), Some(true));
+    }
+
+    #[test]
+    fn chunked_bodies_are_checked_and_reencoded() {
+        let mut r = Rig::new(&[]);
+        r.client(b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\n\r\n");
+        let sent = r.to_app();
+        assert!(sent.ends_with("Transfer-Encoding: chunked\r\nX-Forwarded-For: 192.0.2.1\r\nX-Real-IP: 192.0.2.1\r\nX-Forwarded-Proto: http\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), "{sent}");
+
+        let mut r = Rig::new(&[]);
+        r.client(b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n");
+        let reply = r.to_client();
+        assert!(reply.starts_with("HTTP/1.1 400 ") && reply.contains("chunk size overflows"));
+        assert!(r.conn.should_close());
+        assert_eq!(r.conn.take_released(), Some(false));
+    }
+
+    #[test]
+    fn oversized_bodies_and_odd_expectations_never_reach_the_app() {
+        let mut r = Rig::new(&["--max-body-size", "1K"]);
+        r.client(
+            b"POST /u HTTP/1.1\r\nHost: h\r\nContent-Length: 1025\r\nExpect: 100-continue\r\n\r\n",
+        );
+        assert!(r.to_client().starts_with("HTTP/1.1 413 "));
+        assert!(!r.conn.has_exchange() && r.conn.should_close());
+
+        let mut r = Rig::new(&["--max-body-size", "1K"]);
+        r.client(b"POST /u HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n401\r\n");
+        r.client(&[b'a'; 1025]);
+        assert!(r.to_client().starts_with("HTTP/1.1 413 "));
+
+        let mut r = Rig::new(&[]);
+        r.client(
+            b"POST /u HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n",
+        );
+        assert_eq!(r.to_client(), "HTTP/1.1 100 Continue\r\n\r\n");
+        assert!(!r.to_app().contains("Expect"));
+
+        let mut r = Rig::new(&[]);
+        r.client(b"GET / HTTP/1.1\r\nHost: h\r\nExpect: teapot\r\n\r\n");
+        assert!(r.to_client().starts_with("HTTP/1.1 417 "));
+        assert!(!r.conn.has_exchange());
+    }
+
+    #[test]
+    fn the_app_failing_gives_502_before_the_response_and_a_close_after() {
+        let mut r = Rig::new(&[]);
+        r.client(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n");
+        assert!(
+            !r.conn
+                .upstream_error("connection refused", false, &mut r.service, 0)
+        );
+        let reply = r.to_client();
+        assert!(reply.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{reply}");
+        assert!(reply.contains("127.0.0.1:9") && reply.contains("connection refused"));
+        assert!(!r.conn.should_close(), "the client connection stays usable");
+
+        r.client(b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n");
+        r.to_app();
+        r.app(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf");
+        assert!(!r.conn.upstream_error("reset", false, &mut r.service, 0));
+        let reply = r.to_client();
+        assert!(reply.ends_with("Content-Length: 10\r\n\r\nhalf"), "{reply}");
+        assert!(r.conn.should_close());
+    }
+
+    #[test]
+    fn a_closed_pooled_connection_is_retried_once_for_bodiless_requests() {
+        let mut r = Rig::new(&[]);
+        r.client(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n");
+        let first = r.to_app();
+        assert!(r.conn.upstream_closed(true, &mut r.service, 0), "retry");
+        assert_eq!(r.to_app(), first, "the same request again");
+        assert!(!r.conn.upstream_closed(false, &mut r.service, 0));
+        assert!(r.to_client().starts_with("HTTP/1.1 502 "));
+
+        let mut r = Rig::new(&[]);
+        r.client(b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx");
+        r.to_app();
+        assert!(
+            !r.conn.upstream_closed(true, &mut r.service, 0),
+            "a body is not replayed"
+        );
+    }
+
+    #[test]
+    fn a_timeout_is_504_and_internal_mounts_are_not_reachable() {
+        let mut r = Rig::new(&[]);
+        r.client(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n");
+        assert_eq!(r.conn.phase(), Phase::Upstream);
+        r.conn.upstream_timed_out(&mut r.service, 0);
+        assert!(
+            r.to_client()
+                .starts_with("HTTP/1.1 504 Gateway Timeout\r\n")
+        );
+
+        let mut r = Rig::new(&[]);
+        r.client(b"GET /static/missing.css HTTP/1.1\r\nHost: h\r\n\r\n");
+        assert!(r.to_client().starts_with("HTTP/1.1 404 "));
+        assert!(!r.conn.has_exchange(), "static 404s never reach the app");
+    }
+
+    #[test]
+    fn interim_responses_are_dropped_and_http10_gets_a_close_delimited_body() {
+        let mut r = Rig::new(&[]);
+        r.client(b"GET /a HTTP/1.0\r\n\r\n");
+        r.to_app();
+        r.app(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        r.app(b"2\r\nhi\r\n0\r\n\r\n");
+        let reply = r.to_client();
+        assert!(
+            reply.starts_with("HTTP/1.1 200 OK\r\n")
+                && reply.ends_with("Connection: close\r\n\r\nhi"),
+            "{reply}"
+        );
+        assert!(r.conn.should_close());
     }
 }

@@ -119,11 +119,13 @@ impl Exchange {
     pub fn take_body(&mut self, data: &[u8]) -> Result<usize, BodyError> {
         let mut used = 0;
         while used < data.len() && self.to_upstream.len() - self.sent < UPSTREAM_BUFFER {
+            // Never more than the buffer has room for: a fast client must not fill memory.
+            let room = UPSTREAM_BUFFER - (self.to_upstream.len() - self.sent);
+            let end = data.len().min(used + room);
             match &mut self.body {
                 RequestBody::Done => break,
                 RequestBody::Length(remaining) => {
-                    let n =
-                        (data.len() - used).min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+                    let n = (end - used).min(usize::try_from(*remaining).unwrap_or(usize::MAX));
                     self.to_upstream.extend_from_slice(&data[used..used + n]);
                     *remaining -= n as u64;
                     used += n;
@@ -132,8 +134,8 @@ impl Exchange {
                     }
                 }
                 RequestBody::Chunked(decoder) => {
-                    let step = decoder.step(&data[used..]).map_err(BodyError::Chunk)?;
-                    let piece = &data[used..][step.data];
+                    let step = decoder.step(&data[used..end]).map_err(BodyError::Chunk)?;
+                    let piece = &data[used..end][step.data];
                     self.body_received += piece.len() as u64;
                     if self.body_received > self.max_body {
                         return Err(BodyError::TooLarge);
