@@ -467,6 +467,9 @@ pub fn start_gunicorn(env: &Env, workers: u32) -> Result<(Server, SocketAddr), S
         env.django_dir().display().to_string(),
         "--log-level".into(),
         "warning".into(),
+        // gunicorn 27 opens one control socket per user (~/.gunicorn/gunicorn.ctl) unless
+        // told not to: two instances on one host would fight over it.
+        "--no-control-socket".into(),
         "benchsite.wsgi:application".into(),
     ];
     let envs = vec![

@@ -512,7 +512,7 @@ mod tests {
         }
 
         /// What the app would receive now.
-        fn to_app(&mut self) -> String {
+        fn app_gets(&mut self) -> String {
             let data = self.conn.upstream_pending().to_vec();
             self.conn.upstream_sent(data.len(), &mut self.service, 0);
             String::from_utf8_lossy(&data).into_owned()
@@ -523,7 +523,7 @@ mod tests {
         }
 
         /// What the client would receive now.
-        fn to_client(&mut self) -> String {
+        fn client_gets(&mut self) -> String {
             let mut all = Vec::new();
             loop {
                 let mut buf = Vec::new();
@@ -548,16 +548,16 @@ mod tests {
               GET /static/app.css HTTP/1.1\r\nHost: h\r\n\r\n\
               GET /two HTTP/1.1\r\nHost: h\r\n\r\n",
         );
-        assert!(r.to_app().starts_with("GET /one HTTP/1.1\r\n"));
+        assert!(r.app_gets().starts_with("GET /one HTTP/1.1\r\n"));
         // The second static reply waits behind the first proxied one.
-        let first = r.to_client();
+        let first = r.client_gets();
         assert_eq!(first.matches("HTTP/1.1 200").count(), 1);
         assert!(first.ends_with("body{}"));
         r.app(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none");
         assert_eq!(r.conn.take_released(), Some(true));
-        assert!(r.to_app().starts_with("GET /two HTTP/1.1\r\n"));
+        assert!(r.app_gets().starts_with("GET /two HTTP/1.1\r\n"));
         r.app(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\ntwo\r\n0\r\n\r\n");
-        let rest = r.to_client();
+        let rest = r.client_gets();
         let one = rest.find("one").unwrap();
         let css = rest.find("body{}").unwrap();
         let two = rest.find("3\r\ntwo\r\n0\r\n\r\n").unwrap();
@@ -581,7 +581,7 @@ mod tests {
         assert!(!r.conn.wants_input());
         let mut got = 0;
         loop {
-            let sent = r.to_app();
+            let sent = r.app_gets();
             if sent.is_empty() {
                 break;
             }
@@ -591,7 +591,7 @@ mod tests {
         assert!(head_len > 0 && head_len < 300, "{got}");
         assert!(r.conn.wants_input());
         r.app(b"HTTP/1.1 204 No Content\r\n\r\n");
-        assert!(r.to_client().starts_with("HTTP/1.1 204 No Content\r\n"));
+        assert!(r.client_gets().starts_with("HTTP/1.1 204 No Content\r\n"));
         assert_eq!(r.conn.take_released(), Some(true));
     }
 
@@ -599,12 +599,12 @@ mod tests {
     fn chunked_bodies_are_checked_and_reencoded() {
         let mut r = Rig::new(&[]);
         r.client(b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\n\r\n");
-        let sent = r.to_app();
+        let sent = r.app_gets();
         assert!(sent.ends_with("Transfer-Encoding: chunked\r\nX-Forwarded-For: 192.0.2.1\r\nX-Real-IP: 192.0.2.1\r\nX-Forwarded-Proto: http\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), "{sent}");
 
         let mut r = Rig::new(&[]);
         r.client(b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n");
-        let reply = r.to_client();
+        let reply = r.client_gets();
         assert!(reply.starts_with("HTTP/1.1 400 ") && reply.contains("chunk size overflows"));
         assert!(r.conn.should_close());
         assert_eq!(r.conn.take_released(), Some(false));
@@ -616,24 +616,24 @@ mod tests {
         r.client(
             b"POST /u HTTP/1.1\r\nHost: h\r\nContent-Length: 1025\r\nExpect: 100-continue\r\n\r\n",
         );
-        assert!(r.to_client().starts_with("HTTP/1.1 413 "));
+        assert!(r.client_gets().starts_with("HTTP/1.1 413 "));
         assert!(!r.conn.has_exchange() && r.conn.should_close());
 
         let mut r = Rig::new(&["--max-body-size", "1K"]);
         r.client(b"POST /u HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n401\r\n");
         r.client(&[b'a'; 1025]);
-        assert!(r.to_client().starts_with("HTTP/1.1 413 "));
+        assert!(r.client_gets().starts_with("HTTP/1.1 413 "));
 
         let mut r = Rig::new(&[]);
         r.client(
             b"POST /u HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n",
         );
-        assert_eq!(r.to_client(), "HTTP/1.1 100 Continue\r\n\r\n");
-        assert!(!r.to_app().contains("Expect"));
+        assert_eq!(r.client_gets(), "HTTP/1.1 100 Continue\r\n\r\n");
+        assert!(!r.app_gets().contains("Expect"));
 
         let mut r = Rig::new(&[]);
         r.client(b"GET / HTTP/1.1\r\nHost: h\r\nExpect: teapot\r\n\r\n");
-        assert!(r.to_client().starts_with("HTTP/1.1 417 "));
+        assert!(r.client_gets().starts_with("HTTP/1.1 417 "));
         assert!(!r.conn.has_exchange());
     }
 
@@ -645,16 +645,16 @@ mod tests {
             !r.conn
                 .upstream_error("connection refused", false, &mut r.service, 0)
         );
-        let reply = r.to_client();
+        let reply = r.client_gets();
         assert!(reply.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{reply}");
         assert!(reply.contains("127.0.0.1:9") && reply.contains("connection refused"));
         assert!(!r.conn.should_close(), "the client connection stays usable");
 
         r.client(b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n");
-        r.to_app();
+        r.app_gets();
         r.app(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf");
         assert!(!r.conn.upstream_error("reset", false, &mut r.service, 0));
-        let reply = r.to_client();
+        let reply = r.client_gets();
         assert!(reply.ends_with("Content-Length: 10\r\n\r\nhalf"), "{reply}");
         assert!(r.conn.should_close());
     }
@@ -663,15 +663,15 @@ mod tests {
     fn a_closed_pooled_connection_is_retried_once_for_bodiless_requests() {
         let mut r = Rig::new(&[]);
         r.client(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n");
-        let first = r.to_app();
+        let first = r.app_gets();
         assert!(r.conn.upstream_closed(true, &mut r.service, 0), "retry");
-        assert_eq!(r.to_app(), first, "the same request again");
+        assert_eq!(r.app_gets(), first, "the same request again");
         assert!(!r.conn.upstream_closed(false, &mut r.service, 0));
-        assert!(r.to_client().starts_with("HTTP/1.1 502 "));
+        assert!(r.client_gets().starts_with("HTTP/1.1 502 "));
 
         let mut r = Rig::new(&[]);
         r.client(b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx");
-        r.to_app();
+        r.app_gets();
         assert!(
             !r.conn.upstream_closed(true, &mut r.service, 0),
             "a body is not replayed"
@@ -685,13 +685,13 @@ mod tests {
         assert_eq!(r.conn.phase(), Phase::Upstream);
         r.conn.upstream_timed_out(&mut r.service, 0);
         assert!(
-            r.to_client()
+            r.client_gets()
                 .starts_with("HTTP/1.1 504 Gateway Timeout\r\n")
         );
 
         let mut r = Rig::new(&[]);
         r.client(b"GET /static/missing.css HTTP/1.1\r\nHost: h\r\n\r\n");
-        assert!(r.to_client().starts_with("HTTP/1.1 404 "));
+        assert!(r.client_gets().starts_with("HTTP/1.1 404 "));
         assert!(!r.conn.has_exchange(), "static 404s never reach the app");
     }
 
@@ -699,10 +699,10 @@ mod tests {
     fn interim_responses_are_dropped_and_http10_gets_a_close_delimited_body() {
         let mut r = Rig::new(&[]);
         r.client(b"GET /a HTTP/1.0\r\n\r\n");
-        r.to_app();
+        r.app_gets();
         r.app(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
         r.app(b"2\r\nhi\r\n0\r\n\r\n");
-        let reply = r.to_client();
+        let reply = r.client_gets();
         assert!(
             reply.starts_with("HTTP/1.1 200 OK\r\n")
                 && reply.ends_with("Connection: close\r\n\r\nhi"),

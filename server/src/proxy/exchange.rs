@@ -51,8 +51,6 @@ enum Response {
         remaining: u64,
         decoder: ChunkedDecoder,
         client: ClientFraming,
-        /// The file of an X-Accel-Redirect is already queued: the app's body is dropped.
-        discard: bool,
     },
     Done,
 }
@@ -253,16 +251,18 @@ impl Exchange {
                         self.head_buf = Vec::new();
                         self.upstream_reusable = h.reusable;
                         self.client.keep_alive = h.client_keep_alive;
-                        let discard = match &h.accel {
+                        match &h.accel {
                             Some(accel) => {
                                 self.serve_accel(accel, out, service);
-                                true
+                                // The app's body is not read: django-sendfile2 declares the
+                                // file's length and sends nothing, so waiting for it would
+                                // stall. The connection is dropped instead, as nginx does.
+                                self.upstream_reusable = false;
+                                self.response = Response::Done;
+                                return Ok(());
                             }
-                            None => {
-                                out.bytes().extend_from_slice(&rendered);
-                                false
-                            }
-                        };
+                            None => out.bytes().extend_from_slice(&rendered),
+                        }
                         self.response = Response::Body {
                             framing: h.framing,
                             remaining: match h.framing {
@@ -271,7 +271,6 @@ impl Exchange {
                             },
                             decoder: ChunkedDecoder::default(),
                             client: h.client_framing,
-                            discard,
                         };
                         if h.framing == UpstreamFraming::None {
                             self.finish_body(out);
@@ -305,10 +304,6 @@ impl Exchange {
                 self.finish_body(out);
                 Ok(())
             }
-            Response::Body { discard: true, .. } => {
-                self.response = Response::Done;
-                Ok(())
-            }
             Response::Body { .. } => Err(Failure::Abort(
                 "closed the connection in the middle of the response body".into(),
             )),
@@ -323,7 +318,6 @@ impl Exchange {
                 remaining,
                 decoder,
                 client,
-                discard,
             } = &mut self.response
             else {
                 // Bytes after the end of the response: the app's framing is not to be trusted
@@ -348,11 +342,9 @@ impl Exchange {
                 UpstreamFraming::UntilClose => (data, data.len(), false),
                 UpstreamFraming::None => (&data[..0], 0, true),
             };
-            if !*discard {
-                match client {
-                    ClientFraming::Chunked => chunked::encode_chunk(piece, out.bytes()),
-                    _ => out.bytes().extend_from_slice(piece),
-                }
+            match client {
+                ClientFraming::Chunked => chunked::encode_chunk(piece, out.bytes()),
+                _ => out.bytes().extend_from_slice(piece),
             }
             data = &data[used..];
             if done {
@@ -365,11 +357,7 @@ impl Exchange {
     }
 
     fn finish_body(&mut self, out: &mut Output) {
-        if let Response::Body {
-            client, discard, ..
-        } = self.response
-            && !discard
-        {
+        if let Response::Body { client, .. } = self.response {
             if client == ClientFraming::Chunked {
                 out.bytes().extend_from_slice(chunked::LAST_CHUNK);
             }

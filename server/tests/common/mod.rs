@@ -1861,3 +1861,5 @@ pub fn assert_common_file_headers(r: &Response) {
     let now = now_secs();
     assert!(d + 60 >= now && d <= now + 60, "Date is not now: {date}");
 }
+
+pub mod gunicorn;
