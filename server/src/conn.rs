@@ -82,7 +82,8 @@ impl Conn {
             self.pending.extend_from_slice(data);
             self.resume(service);
         }
-        if was_idle || self.phase() == Phase::Idle {
+        // While proxying, a request body arriving is progress too.
+        if was_idle || self.proxy.is_some() || self.phase() == Phase::Idle {
             self.phase_since = now;
         }
     }
@@ -275,6 +276,7 @@ impl Conn {
         let (status, text) = match e {
             BodyError::Chunk(e) => (400, e.reason()),
             BodyError::TooLarge => (413, "request body larger than the server accepts"),
+            BodyError::Spool => (500, "cannot buffer the request body"),
         };
         serve::error(
             &mut self.output,
@@ -288,6 +290,15 @@ impl Conn {
     /// Whether a request is with the app (the engine then owes it an upstream connection).
     pub fn has_exchange(&self) -> bool {
         self.proxy.is_some()
+    }
+
+    /// Whether the exchange needs an upstream connection now: once it has bytes for the app
+    /// (a spooled body is collected first, so that a pooled connection does not sit idle, and
+    /// maybe closed by the app, while the client uploads).
+    pub fn needs_upstream(&self) -> bool {
+        self.proxy
+            .as_ref()
+            .is_some_and(|ex| !ex.upstream_pending().is_empty())
     }
 
     /// Bytes to send to the app now.
@@ -596,11 +607,43 @@ mod tests {
     }
 
     #[test]
-    fn chunked_bodies_are_checked_and_reencoded() {
+    fn chunked_bodies_are_checked_and_spooled() {
+        // The app gets the body with a Content-Length (Django reads no chunked body), only
+        // once it is complete.
         let mut r = Rig::new(&[]);
-        r.client(b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\n\r\n");
+        r.client(
+            b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n",
+        );
+        assert_eq!(r.app_gets(), "");
+        r.client(b"6\r\n world\r\n0\r\nTrailer: x\r\n\r\n");
         let sent = r.app_gets();
-        assert!(sent.ends_with("Transfer-Encoding: chunked\r\nX-Forwarded-For: 192.0.2.1\r\nX-Real-IP: 192.0.2.1\r\nX-Forwarded-Proto: http\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), "{sent}");
+        assert!(
+            sent.starts_with("POST /c HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n"),
+            "{sent}"
+        );
+        assert!(
+            sent.ends_with("\r\n\r\nhello world") && !sent.contains("chunked"),
+            "{sent}"
+        );
+
+        let big = vec![b'z'; 700 * 1024];
+        let mut r = Rig::new(&[]);
+        r.client(b"PUT /big HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n");
+        r.client(format!("{:x}\r\n", big.len()).as_bytes());
+        r.client(&big);
+        r.client(b"\r\n0\r\n\r\n");
+        let mut sent = Vec::new();
+        loop {
+            let part = r.conn.upstream_pending().to_vec();
+            if part.is_empty() {
+                break;
+            }
+            assert!(part.len() <= crate::proxy::exchange::UPSTREAM_BUFFER + 1024);
+            sent.extend_from_slice(&part);
+            r.conn.upstream_sent(part.len(), &mut r.service, 0);
+        }
+        assert!(sent.ends_with(&big));
+        assert!(String::from_utf8_lossy(&sent[..300]).contains("Content-Length: 716800\r\n"));
 
         let mut r = Rig::new(&[]);
         r.client(b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n");

@@ -291,6 +291,38 @@ fn a_chunked_request_body_reaches_the_app_whole() {
 }
 
 #[test]
+fn a_chunked_multipart_upload_reaches_django_with_its_length() {
+    // Django (WSGI) reads no body without a Content-Length; bypass spools a chunked body and
+    // passes it on with its length, as nginx does, so the upload is not silently empty.
+    let site = Site::start();
+    let data = pseudo_random_bytes(32, 3 << 20);
+    let file = site.fx.root().join("chunked-upload.bin");
+    fs::write(&file, &data).unwrap();
+    let r = curl(site.url("/upload/"))
+        .header("Transfer-Encoding: chunked")
+        .arg("-F")
+        .arg(format!("file=@{}", file.display()))
+        .arg("-F")
+        .arg("note=chunked")
+        .send();
+    r.assert_status(200);
+    let v = json(&r);
+    assert_eq!(v["size"], data.len(), "{v}");
+    assert_eq!(v["sha256"], sha256_hex(&data), "{v}");
+    assert_eq!(v["fields"]["note"], serde_json::json!(["chunked"]), "{v}");
+    let v = echo(
+        &curl(site.url("/echo/?chunked-length"))
+            .header("Transfer-Encoding: chunked")
+            .arg("--data-binary")
+            .arg("abc")
+            .send(),
+    );
+    assert_eq!(app_header(&v, "TRANSFER_ENCODING"), None, "{v}");
+    assert_eq!(v["content_length"], "3", "{v}");
+    assert_eq!(v["body_len"], 3, "{v}");
+}
+
+#[test]
 fn expect_100_continue_is_answered_before_the_body_is_sent() {
     let site = Site::start();
     let mut c = Raw::connect(site.bypass.addr());

@@ -735,7 +735,7 @@ impl EpollWorker {
             };
             let id = match c.upstream {
                 Some(id) => id,
-                None if !c.conn.has_exchange() || c.state != State::Open => return moved,
+                None if !c.conn.needs_upstream() || c.state != State::Open => return moved,
                 None => match ups.acquire(slot, std::mem::take(&mut c.fresh_upstream)) {
                     Ok((id, new)) => {
                         let fd = ups.get(id).map(|u| u.fd.as_raw_fd());

@@ -24,7 +24,7 @@
 //! 6. on [`Shutdown`]: stop accepting, close idle connections, let the others finish their
 //!    output and their exchanges with the app (no further requests are read), and return when
 //!    none are left or the shutdown timeout has passed;
-//! 7. with an upstream configured ([`upstream::Upstreams`]): while `Conn::has_exchange`, give
+//! 7. with an upstream configured ([`upstream::Upstreams`]): when `Conn::needs_upstream`, give
 //!    the connection an upstream connection (pooled or new) and run [`upstream::Upstreams::pump`]
 //!    whenever either socket makes progress or becomes ready, until it says `Detach` (back to
 //!    the pool or closed) or `Retry` (close it, take a fresh one); close an upstream connection

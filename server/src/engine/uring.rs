@@ -625,7 +625,7 @@ impl UringWorker {
             };
             let id = match c.upstream {
                 Some(id) => id,
-                None if !c.conn.has_exchange() || c.state != State::Open => return moved,
+                None if !c.conn.needs_upstream() || c.state != State::Open => return moved,
                 None => match ups.acquire(slot, std::mem::take(&mut c.fresh_upstream)) {
                     Ok((id, _)) => {
                         c.upstream = Some(id);

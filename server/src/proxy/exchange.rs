@@ -2,7 +2,10 @@
 //! way to the app (with back-pressure), and the app's response reframed into the client's
 //! output as it arrives — or replaced by a file for X-Accel-Redirect.
 
+use std::fs::File;
+use std::io::{self, Write};
 use std::net::IpAddr;
+use std::os::unix::fs::FileExt;
 
 use super::ProxySettings;
 use super::chunked::{self, ChunkError, ChunkedDecoder};
@@ -34,6 +37,59 @@ pub enum BodyError {
     Chunk(ChunkError),
     /// A chunked body grew past `--max-body-size`.
     TooLarge,
+    /// A chunked body could not be spooled to a temporary file.
+    Spool,
+}
+
+/// A chunked request body being collected in an unnamed temporary file, so that the app gets
+/// it with a Content-Length: Django (like WSGI apps generally) reads no body without one, and
+/// nginx buffers such bodies for the same reason. On disk, not in memory: a 100 MB chunked
+/// upload costs no RAM.
+#[derive(Debug)]
+struct Spool {
+    file: File,
+    len: u64,
+    /// Bytes already copied into the buffer for the app.
+    sent: u64,
+    peer: Option<IpAddr>,
+    trusted: bool,
+}
+
+impl Spool {
+    fn new(peer: Option<IpAddr>, trusted: bool) -> io::Result<Spool> {
+        Ok(Spool {
+            file: temporary_file()?,
+            len: 0,
+            sent: 0,
+            peer,
+            trusted,
+        })
+    }
+}
+
+/// An unnamed file in the temporary directory: it disappears with its descriptor.
+fn temporary_file() -> io::Result<File> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = std::env::temp_dir();
+    let mut path = dir.as_os_str().as_bytes().to_vec();
+    path.push(0);
+    // SAFETY: `path` is NUL-terminated and outlives the call; the result is checked.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr().cast(),
+            libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+            0o600,
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("creating a temporary file in {}: {e}", dir.display()),
+        ));
+    }
+    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+    Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 #[derive(Debug)]
@@ -74,6 +130,8 @@ pub struct Exchange {
     response_started: bool,
     head_buf: Vec<u8>,
     upstream_reusable: bool,
+    /// A chunked body on its way to a temporary file; the head goes out when it is complete.
+    spool: Option<Spool>,
 }
 
 impl Exchange {
@@ -86,7 +144,18 @@ impl Exchange {
         keep_alive: bool,
     ) -> Exchange {
         let mut to_upstream = Vec::with_capacity(head.len() + 128);
-        head::forward_request(req, peer, settings.trusts(peer), &mut to_upstream);
+        let trusted = settings.trusts(peer);
+        let mut spool = None;
+        if req.body == BodyFraming::Chunked {
+            match Spool::new(peer, trusted) {
+                Ok(s) => spool = Some(s),
+                // Without a file, the body streams chunked (fine for apps that read it).
+                Err(e) => log!("bypass: cannot spool a chunked request body: {e}"),
+            }
+        }
+        if spool.is_none() {
+            head::forward_request(req, req.body, peer, trusted, &mut to_upstream);
+        }
         let body = match req.body {
             BodyFraming::None => RequestBody::Done,
             BodyFraming::Length(n) => RequestBody::Length(n),
@@ -109,6 +178,7 @@ impl Exchange {
             response_started: false,
             head_buf: Vec::new(),
             upstream_reusable: false,
+            spool,
         }
     }
 
@@ -132,17 +202,36 @@ impl Exchange {
                     }
                 }
                 RequestBody::Chunked(decoder) => {
+                    // A spooled body goes to disk, which needs no back-pressure.
+                    let end = if self.spool.is_some() {
+                        data.len()
+                    } else {
+                        end
+                    };
                     let step = decoder.step(&data[used..end]).map_err(BodyError::Chunk)?;
                     let piece = &data[used..end][step.data];
                     self.body_received += piece.len() as u64;
                     if self.body_received > self.max_body {
                         return Err(BodyError::TooLarge);
                     }
-                    chunked::encode_chunk(piece, &mut self.to_upstream);
+                    match self.spool.as_mut() {
+                        Some(spool) => {
+                            spool.file.write_all(piece).map_err(|e| {
+                                log!("bypass: spooling a chunked request body: {e}");
+                                BodyError::Spool
+                            })?;
+                            spool.len += piece.len() as u64;
+                        }
+                        None => chunked::encode_chunk(piece, &mut self.to_upstream),
+                    }
                     used += step.used;
                     if decoder.is_done() {
-                        self.to_upstream.extend_from_slice(chunked::LAST_CHUNK);
                         self.body = RequestBody::Done;
+                        if self.spool.is_some() {
+                            self.unspool()?;
+                        } else {
+                            self.to_upstream.extend_from_slice(chunked::LAST_CHUNK);
+                        }
                     } else if step.used == 0 {
                         break;
                     }
@@ -152,6 +241,62 @@ impl Exchange {
         Ok(used)
     }
 
+    /// The spooled body is complete: the head goes out with its length, then the body.
+    fn unspool(&mut self) -> Result<(), BodyError> {
+        let Some(spool) = self.spool.as_ref() else {
+            return Ok(());
+        };
+        let mut slots = request::header_slots();
+        let Ok(Some(req)) = request::parse(&self.request_head, &mut slots) else {
+            return Err(BodyError::Spool);
+        };
+        let framing = if spool.len == 0 {
+            BodyFraming::None
+        } else {
+            BodyFraming::Length(spool.len)
+        };
+        head::forward_request(
+            &req,
+            framing,
+            spool.peer,
+            spool.trusted,
+            &mut self.to_upstream,
+        );
+        self.refill();
+        Ok(())
+    }
+
+    /// Copies the next part of a complete spooled body into the buffer for the app.
+    fn refill(&mut self) {
+        let Some(spool) = self.spool.as_mut() else {
+            return;
+        };
+        if !matches!(self.body, RequestBody::Done) {
+            return;
+        }
+        while spool.sent < spool.len && self.to_upstream.len() - self.sent < UPSTREAM_BUFFER {
+            let want = (spool.len - spool.sent).min(64 * 1024) as usize;
+            let start = self.to_upstream.len();
+            self.to_upstream.resize(start + want, 0);
+            match spool
+                .file
+                .read_at(&mut self.to_upstream[start..], spool.sent)
+            {
+                Ok(n) if n > 0 => {
+                    self.to_upstream.truncate(start + n);
+                    spool.sent += n as u64;
+                }
+                // Our own unnamed file cannot shrink; should the disk fail, the app gets a
+                // body shorter than its Content-Length and sees the request as incomplete.
+                _ => {
+                    self.to_upstream.truncate(start);
+                    log!("bypass: reading back a spooled request body failed");
+                    spool.sent = spool.len;
+                }
+            }
+        }
+    }
+
     /// The whole request body has been taken from the client.
     pub fn body_complete(&self) -> bool {
         matches!(self.body, RequestBody::Done)
@@ -159,7 +304,8 @@ impl Exchange {
 
     /// More request body is expected and there is room for it.
     pub fn wants_body(&self) -> bool {
-        !self.body_complete() && self.to_upstream.len() - self.sent < UPSTREAM_BUFFER
+        !self.body_complete()
+            && (self.spool.is_some() || self.to_upstream.len() - self.sent < UPSTREAM_BUFFER)
     }
 
     /// Bytes waiting to be sent to the app.
@@ -173,6 +319,7 @@ impl Exchange {
             self.to_upstream.clear();
             self.sent = 0;
         }
+        self.refill();
     }
 
     /// Whether a failure of the upstream connection may be retried on a fresh one: nothing of
@@ -199,7 +346,10 @@ impl Exchange {
 
     /// The app's connection can take another request once this exchange is done.
     pub fn upstream_reusable(&self) -> bool {
-        self.upstream_reusable && self.body_complete() && self.upstream_pending().is_empty()
+        self.upstream_reusable
+            && self.body_complete()
+            && self.upstream_pending().is_empty()
+            && self.spool.as_ref().is_none_or(|s| s.sent == s.len)
     }
 
     pub fn client_version(&self) -> crate::http::request::Version {

@@ -49,8 +49,15 @@ fn named_in(name: &str, list: &[&[u8]]) -> bool {
 }
 
 /// Renders the request head the app receives: the client's method, target (byte for byte) and
-/// end-to-end fields, the body framing, and the forwarding fields.
-pub fn forward_request(req: &Request<'_>, peer: Option<IpAddr>, trusted: bool, out: &mut Vec<u8>) {
+/// end-to-end fields, the body framing `body` (the request's own, or the length of a chunked
+/// body that was spooled), and the forwarding fields.
+pub fn forward_request(
+    req: &Request<'_>,
+    body: BodyFraming,
+    peer: Option<IpAddr>,
+    trusted: bool,
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(req.method_name.as_bytes());
     out.push(b' ');
     out.extend_from_slice(origin_form(req.target));
@@ -70,7 +77,7 @@ pub fn forward_request(req: &Request<'_>, peer: Option<IpAddr>, trusted: bool, o
         }
         field(out, name.as_bytes(), value);
     }
-    match req.body {
+    match body {
         BodyFraming::None => {}
         BodyFraming::Length(n) => {
             out.extend_from_slice(b"Content-Length: ");
@@ -422,7 +429,8 @@ mod tests {
         let mut slots = header_slots();
         let req = parse(raw.as_bytes(), &mut slots).unwrap().unwrap();
         let mut out = Vec::new();
-        forward_request(&req, Some("192.0.2.7".parse().unwrap()), trusted, &mut out);
+        let peer = Some("192.0.2.7".parse().unwrap());
+        forward_request(&req, req.body, peer, trusted, &mut out);
         String::from_utf8(out).unwrap()
     }
 
