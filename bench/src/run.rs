@@ -479,6 +479,7 @@ fn describe(w: Workload, site: &Site) -> String {
                 .join(", ")
         ),
         Workload::LatencyOpen => format!("GET {path}, open loop at a fixed rate"),
+        Workload::PipelinedCss => format!("GET {path}{ae}, 16 in flight per connection"),
         _ => format!("GET {path}{ae}"),
     }
 }
@@ -580,6 +581,10 @@ pub fn load_args(
                 .collect::<Vec<_>>()
                 .join(","),
         );
+    }
+    if w.pipeline() > 1 {
+        a.push("--pipeline".into());
+        a.push(w.pipeline().to_string());
     }
     if let Some(r) = rate {
         a.push("--rate".into());

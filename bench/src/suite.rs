@@ -83,6 +83,9 @@ impl Contender {
 pub enum Workload {
     /// ~300 B CSS by its hashed name, no Accept-Encoding.
     SmallCss,
+    /// The ~300 B CSS again, 16 requests in flight per connection (HTTP/1.1 pipelining): what
+    /// a server costs per request once system calls are shared by many.
+    PipelinedCss,
     /// ~23 KB CSS by its hashed name, with a browser's Accept-Encoding (bypass answers br).
     MediumCssBr,
     /// ~300 KB JPEG by its hashed name.
@@ -123,8 +126,9 @@ pub const GATE_WORKLOADS: [Workload; 4] = [
 ];
 
 impl Workload {
-    pub const ALL: [Workload; 8] = [
+    pub const ALL: [Workload; 9] = [
         Workload::SmallCss,
+        Workload::PipelinedCss,
         Workload::MediumCssBr,
         Workload::Jpeg,
         Workload::Media20Mb,
@@ -137,6 +141,7 @@ impl Workload {
     pub fn id(self) -> &'static str {
         match self {
             Workload::SmallCss => "small-css",
+            Workload::PipelinedCss => "pipelined-css",
             Workload::MediumCssBr => "medium-css-br",
             Workload::Jpeg => "jpeg",
             Workload::Media20Mb => "media-20mb",
@@ -150,6 +155,7 @@ impl Workload {
     pub fn label(self) -> &'static str {
         match self {
             Workload::SmallCss => "~300 B CSS",
+            Workload::PipelinedCss => "~300 B CSS, 16 pipelined",
             Workload::MediumCssBr => "~23 KB CSS, br",
             Workload::Jpeg => "~300 KB JPEG",
             Workload::Media20Mb => "20 MB media",
@@ -173,6 +179,14 @@ impl Workload {
         }
     }
 
+    /// Requests in flight per connection.
+    pub fn pipeline(self) -> u32 {
+        match self {
+            Workload::PipelinedCss => 16,
+            _ => 1,
+        }
+    }
+
     pub fn open_loop(self) -> bool {
         self == Workload::LatencyOpen
     }
@@ -180,7 +194,9 @@ impl Workload {
     /// The static file the workload asks for, by its name before hashing.
     pub fn static_name(self) -> Option<&'static str> {
         match self {
-            Workload::SmallCss | Workload::LatencyOpen => Some("demo/small.css"),
+            Workload::SmallCss | Workload::PipelinedCss | Workload::LatencyOpen => {
+                Some("demo/small.css")
+            }
             Workload::MediumCssBr | Workload::Revalidate304 => Some("demo/medium.css"),
             Workload::Jpeg => Some("demo/photo.jpg"),
             _ => None,
@@ -216,6 +232,8 @@ pub fn applies(c: Contender, w: Workload) -> bool {
                 | Contender::Ceiling
         ),
         Workload::ZipfMix => !matches!(c, Contender::Ceiling | Contender::BypassGunicorn),
+        // gunicorn's sync workers answer one request per connection: nothing to pipeline.
+        Workload::PipelinedCss => !c.needs_gunicorn(),
         _ => c != Contender::BypassGunicorn,
     }
 }

@@ -114,7 +114,9 @@ impl Site {
         w: Workload,
     ) -> Result<(&'static str, Option<&'static str>, Vec<u8>), String> {
         let (ctype, encoding) = match w {
-            Workload::SmallCss | Workload::LatencyOpen => ("text/css; charset=utf-8", None),
+            Workload::SmallCss | Workload::PipelinedCss | Workload::LatencyOpen => {
+                ("text/css; charset=utf-8", None)
+            }
             Workload::MediumCssBr | Workload::Revalidate304 => {
                 ("text/css; charset=utf-8", Some("br"))
             }

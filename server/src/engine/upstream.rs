@@ -26,6 +26,7 @@ pub struct Upstream {
     pub fd: OwnedFd,
     /// The client connection slot whose exchange this carries; none while idle in the pool.
     pub owner: Option<usize>,
+    /// The connect may still be in progress: nothing has been sent yet.
     connecting: bool,
     /// Taken from the pool: the app may have closed it while it sat idle.
     pub reused: bool,
@@ -105,7 +106,10 @@ impl Upstreams {
             connecting,
             reused: false,
             readable: false,
-            writable: !connecting,
+            // Optimistic: on loopback the handshake is usually over before connect returns, so
+            // the request is sent at once; a send that says EAGAIN waits for POLLOUT instead, and
+            // one that fails reports the failed connect.
+            writable: true,
             poll_in: false,
             poll_out: false,
             closing: false,
@@ -219,24 +223,6 @@ impl Upstreams {
         };
         let fd = u.fd.as_raw_fd();
         let mut moved = false;
-        if u.connecting {
-            if !u.writable {
-                return (
-                    Pumped::Wait {
-                        read: false,
-                        write: true,
-                    },
-                    false,
-                );
-            }
-            u.connecting = false;
-            if let Some(e) = socket_error(fd) {
-                let what = format!("cannot connect: {e}");
-                conn.upstream_error(&what, false, service, now);
-                conn.take_released();
-                return (Pumped::Detach { reusable: false }, true);
-            }
-        }
         loop {
             let mut progressed = false;
             while u.writable && !conn.upstream_pending().is_empty() {
@@ -251,6 +237,7 @@ impl Upstreams {
                     )
                 };
                 if n >= 0 {
+                    u.connecting = false;
                     conn.upstream_sent(n as usize, service, now);
                     progressed = true;
                     continue;
@@ -258,7 +245,14 @@ impl Upstreams {
                 match errno() {
                     libc::EAGAIN => u.writable = false,
                     libc::EINTR => {}
-                    e => return failed(conn, u.reused, e, "sending the request", service, now),
+                    e => {
+                        let doing = if u.connecting {
+                            "cannot connect"
+                        } else {
+                            "sending the request"
+                        };
+                        return failed(conn, u.reused, e, doing, service, now);
+                    }
                 }
             }
             while u.readable && conn.wants_upstream_read() {
@@ -337,26 +331,6 @@ fn still_open(fd: RawFd) -> bool {
         )
     };
     n < 0 && errno() == libc::EAGAIN
-}
-
-/// The pending error of a socket whose non-blocking connect finished.
-fn socket_error(fd: RawFd) -> Option<io::Error> {
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: passes a live c_int and its exact size.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc < 0 {
-        return Some(io::Error::last_os_error());
-    }
-    (value != 0).then(|| io::Error::from_raw_os_error(value))
 }
 
 /// Starts a non-blocking connection to the app. Returns the socket and whether the connect is
