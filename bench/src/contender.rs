@@ -123,6 +123,9 @@ pub enum Started {
 pub struct Running {
     pub contender: Contender,
     pub addr: SocketAddr,
+    /// Where pipelined workloads go, when the contender is tuned differently for them (nginx:
+    /// `tcp_nopush off`, its best setting for pipelined clients).
+    pub pipelined_addr: Option<SocketAddr>,
     /// The processes it owns (gunicorn, shared by three contenders, is owned by the suite).
     pub servers: Vec<Server>,
     /// Whether requests also cost gunicorn's CPU (its pids are charged to this contender).
@@ -153,6 +156,7 @@ fn up(c: Contender, port: u16, server: Server, uses_gunicorn: bool) -> Started {
     Started::Up(Running {
         contender: c,
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        pipelined_addr: None,
         commands: vec![server.command.clone()],
         servers: vec![server],
         uses_gunicorn,
@@ -244,6 +248,7 @@ pub fn start(env: &Env, c: Contender, gunicorn: Option<SocketAddr>) -> Started {
             Some(addr) => Ok(Started::Up(Running {
                 contender: c,
                 addr,
+                pipelined_addr: None,
                 servers: Vec::new(),
                 uses_gunicorn: true,
                 commands: Vec::new(),
@@ -278,7 +283,16 @@ fn start_bypass(env: &Env, c: Contender, upstream: Option<SocketAddr>) -> std::i
 
 /// nginx's configuration: static (the Django deployment guides' tuned static block, one worker)
 /// or a proxy in front of gunicorn.
-pub fn nginx_conf(env: &Env, dir: &Path, port: u16, upstream: Option<SocketAddr>) -> String {
+/// nginx's configuration: the static server on `port` and, for pipelined clients, the same on
+/// `pipelined_port` with `tcp_nopush off` (with it on, nginx holds a pipelined batch's replies
+/// back for ~40 ms); or, with `upstream`, a proxy to it on `port`.
+pub fn nginx_conf(
+    env: &Env,
+    dir: &Path,
+    port: u16,
+    pipelined_port: u16,
+    upstream: Option<SocketAddr>,
+) -> String {
     let d = dir.display();
     // As root, workers would run as `nobody` and could not read a tree under /root.
     // SAFETY: geteuid has no preconditions.
@@ -288,20 +302,30 @@ pub fn nginx_conf(env: &Env, dir: &Path, port: u16, upstream: Option<SocketAddr>
         ""
     };
     let server = match upstream {
-        None => format!(
-            "    server {{
-        listen 127.0.0.1:{port};
-        location /static/ {{
+        None => {
+            let locations = format!(
+                "        location /static/ {{
             alias {}/;
             expires 1y;
         }}
         location /media/ {{
             alias {}/;
-        }}
-    }}",
-            env.static_root().display(),
-            env.media_root().display()
-        ),
+        }}",
+                env.static_root().display(),
+                env.media_root().display()
+            );
+            format!(
+                "    server {{
+        listen 127.0.0.1:{port};
+{locations}
+    }}
+    server {{
+        listen 127.0.0.1:{pipelined_port};
+        tcp_nopush off;
+{locations}
+    }}"
+            )
+        }
         Some(up) => format!(
             "    upstream django {{
         server {up};
@@ -360,7 +384,11 @@ fn start_nginx(env: &Env, c: Contender, upstream: Option<SocketAddr>) -> std::io
     let dir = env.work.join(c.id());
     fs::create_dir_all(&dir)?;
     let port = procs::free_port()?;
-    let conf = nginx_conf(env, &dir, port, upstream);
+    let mut pipelined_port = procs::free_port()?;
+    while pipelined_port == port {
+        pipelined_port = procs::free_port()?;
+    }
+    let conf = nginx_conf(env, &dir, port, pipelined_port, upstream);
     let conf_path = dir.join("nginx.conf");
     fs::write(&conf_path, &conf)?;
     let args: Vec<String> = vec![
@@ -391,6 +419,9 @@ fn start_nginx(env: &Env, c: Contender, upstream: Option<SocketAddr>) -> std::io
     let mut started = up(c, port, server, upstream.is_some());
     if let Started::Up(r) = &mut started {
         r.configs.push((format!("{} nginx.conf", c.id()), conf));
+        if upstream.is_none() {
+            r.pipelined_addr = Some(SocketAddr::from(([127, 0, 0, 1], pipelined_port)));
+        }
     }
     Ok(started)
 }
@@ -598,7 +629,7 @@ mod tests {
     #[test]
     fn nginx_static_conf_has_the_tuned_directives() {
         let e = env();
-        let conf = nginx_conf(&e, Path::new("/tmp/n"), 8081, None);
+        let conf = nginx_conf(&e, Path::new("/tmp/n"), 8081, 8083, None);
         for d in [
             "worker_processes 1;",
             "sendfile on;",
@@ -607,13 +638,14 @@ mod tests {
             "gzip_static on;",
             "access_log off;",
             "listen 127.0.0.1:8081;",
+            "listen 127.0.0.1:8083;\n        tcp_nopush off;",
             "alias /t/static/;",
             "alias /t/media/;",
         ] {
             assert!(conf.contains(d), "{d} missing from\n{conf}");
         }
         let up = SocketAddr::from(([127, 0, 0, 1], 9000));
-        let proxy = nginx_conf(&e, Path::new("/tmp/n"), 8082, Some(up));
+        let proxy = nginx_conf(&e, Path::new("/tmp/n"), 8082, 8084, Some(up));
         assert!(proxy.contains("server 127.0.0.1:9000;"));
         assert!(proxy.contains("keepalive 16;"));
         assert!(proxy.contains("proxy_http_version 1.1;"));

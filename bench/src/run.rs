@@ -236,9 +236,13 @@ pub fn run(env: &Env, opts: &Options) -> Result<PathBuf, String> {
                         .as_ref()
                         .map(|c| c.headers.clone())
                         .unwrap_or_default();
+                    let addr = match r.pipelined_addr {
+                        Some(addr) if w.pipeline() > 1 => addr,
+                        _ => r.addr,
+                    };
                     let target = Target {
                         who: c,
-                        addr: r.addr,
+                        addr,
                         pids: &pids,
                         headers: &headers,
                     };
