@@ -736,37 +736,26 @@ impl EpollWorker {
             let id = match c.upstream {
                 Some(id) => id,
                 None if !c.conn.needs_upstream() || c.state != State::Open => return moved,
-                None => match ups.acquire(slot, std::mem::take(&mut c.fresh_upstream)) {
-                    Ok((id, new)) => {
-                        let fd = ups.get(id).map(|u| u.fd.as_raw_fd());
+                None => {
+                    let poller = &self.poller;
+                    let watch = |fd, id: usize| {
                         let events =
                             libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET;
-                        if new
-                            && let Some(fd) = fd
-                            && let Err(e) =
-                                self.poller
-                                    .add(fd, events as u32, UPSTREAM_TOKEN | id as u64)
-                        {
-                            ups.close(id);
-                            let what = format!("cannot watch the connection: {e}");
-                            c.conn
-                                .upstream_error(&what, false, &mut self.cx.service, self.cx.now);
-                            c.conn.take_released();
+                        poller.add(fd, events as u32, UPSTREAM_TOKEN | id as u64)
+                    };
+                    let fresh = std::mem::take(&mut c.fresh_upstream);
+                    let (service, now) = (&mut self.cx.service, self.cx.now);
+                    match ups.attach(slot, &mut c.conn, fresh, service, now, watch) {
+                        Some(id) => {
+                            c.upstream = Some(id);
+                            id
+                        }
+                        None => {
                             moved = true;
                             continue;
                         }
-                        c.upstream = Some(id);
-                        id
                     }
-                    Err(e) => {
-                        let what = format!("cannot connect: {e}");
-                        c.conn
-                            .upstream_error(&what, false, &mut self.cx.service, self.cx.now);
-                        c.conn.take_released();
-                        moved = true;
-                        continue;
-                    }
-                },
+                }
             };
             let (pumped, m) = ups.pump(id, &mut c.conn, &mut self.cx.service, self.cx.now);
             moved |= m;

@@ -127,6 +127,36 @@ impl Upstreams {
         Ok((id, true))
     }
 
+    /// Gives the exchange of `conn` (client connection `owner`) an upstream connection, as
+    /// [`Upstreams::acquire`] does, and lets the engine `watch` a new socket. A connection that
+    /// cannot be opened or watched is the exchange's failure (a 502), reported to `conn`.
+    pub fn attach(
+        &mut self,
+        owner: usize,
+        conn: &mut Conn,
+        fresh: bool,
+        service: &mut Service,
+        now: u64,
+        watch: impl FnOnce(RawFd, usize) -> io::Result<()>,
+    ) -> Option<usize> {
+        let what = match self.acquire(owner, fresh) {
+            Ok((id, new)) => {
+                let fd = self.get(id).map(|u| u.fd.as_raw_fd());
+                match fd.filter(|_| new).map(|fd| watch(fd, id)) {
+                    None | Some(Ok(())) => return Some(id),
+                    Some(Err(e)) => {
+                        self.close(id);
+                        format!("cannot watch the connection: {e}")
+                    }
+                }
+            }
+            Err(e) => format!("cannot connect: {e}"),
+        };
+        conn.upstream_error(&what, false, service, now);
+        conn.take_released();
+        None
+    }
+
     /// The exchange on `id` is over: keep it for the next request if it can take one and the
     /// pool has room, else close it.
     pub fn release(&mut self, id: usize, reusable: bool) {

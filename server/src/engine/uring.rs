@@ -626,20 +626,22 @@ impl UringWorker {
             let id = match c.upstream {
                 Some(id) => id,
                 None if !c.conn.needs_upstream() || c.state != State::Open => return moved,
-                None => match ups.acquire(slot, std::mem::take(&mut c.fresh_upstream)) {
-                    Ok((id, _)) => {
-                        c.upstream = Some(id);
-                        id
+                None => {
+                    // Readiness comes from one-shot polls armed after each pump: nothing to
+                    // register.
+                    let fresh = std::mem::take(&mut c.fresh_upstream);
+                    let (service, now) = (&mut self.service, self.now);
+                    match ups.attach(slot, &mut c.conn, fresh, service, now, |_, _| Ok(())) {
+                        Some(id) => {
+                            c.upstream = Some(id);
+                            id
+                        }
+                        None => {
+                            moved = true;
+                            continue;
+                        }
                     }
-                    Err(e) => {
-                        let what = format!("cannot connect: {e}");
-                        c.conn
-                            .upstream_error(&what, false, &mut self.service, self.now);
-                        c.conn.take_released();
-                        moved = true;
-                        continue;
-                    }
-                },
+                }
             };
             let (pumped, m) = ups.pump(id, &mut c.conn, &mut self.service, self.now);
             moved |= m;
