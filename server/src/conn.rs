@@ -739,6 +739,49 @@ mod tests {
     }
 
     #[test]
+    fn responses_split_anywhere_reach_the_client_the_same() {
+        let responses: [&[u8]; 3] = [
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 11\r\nX-A: b\r\n\r\nhello world",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;e=1\r\nhello\r\n6\r\n world\r\n0\r\nT: x\r\n\r\n",
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+        ];
+        for whole in responses {
+            // The body as the client decodes it (chunk boundaries may differ).
+            let body_of = |reply: &str| {
+                let at = reply.find("\r\n\r\n").unwrap() + 4;
+                let (head, wire) = (&reply[..at], &reply.as_bytes()[at..]);
+                if !head.contains("Transfer-Encoding: chunked") {
+                    return wire.to_vec();
+                }
+                let mut decoder = crate::proxy::chunked::ChunkedDecoder::default();
+                let (mut body, mut rest) = (Vec::new(), wire);
+                while !decoder.is_done() {
+                    let step = decoder.step(rest).unwrap();
+                    body.extend_from_slice(&rest[step.data]);
+                    rest = &rest[step.used..];
+                }
+                assert!(rest.is_empty());
+                body
+            };
+            let mut r = Rig::new(&[]);
+            r.client(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n");
+            r.app_gets();
+            r.app(whole);
+            let expected = body_of(&r.client_gets());
+            assert_eq!(r.conn.take_released(), Some(true));
+            for cut in 1..whole.len() {
+                let mut r = Rig::new(&[]);
+                r.client(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n");
+                r.app_gets();
+                r.app(&whole[..cut]);
+                r.app(&whole[cut..]);
+                assert_eq!(body_of(&r.client_gets()), expected, "cut at {cut}");
+                assert_eq!(r.conn.take_released(), Some(true), "cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
     fn interim_responses_are_dropped_and_http10_gets_a_close_delimited_body() {
         let mut r = Rig::new(&[]);
         r.client(b"GET /a HTTP/1.0\r\n\r\n");
