@@ -387,6 +387,18 @@ impl Conn {
             return;
         };
         let secs = service.site().proxy.as_ref().map_or(0, |p| p.timeout_secs);
+        if !ex.body_complete() && !ex.response_started() {
+            // The client stopped sending its body: its fault, not the app's.
+            log!("bypass: a client sent no more of its request body for {secs} s");
+            self.proxy = None;
+            self.released = Some(false);
+            let text = "request body not received in time";
+            serve::error(&mut self.output, 408, text, ConnectionHeader::Close, false);
+            self.closing = true;
+            self.pending = Vec::new();
+            self.phase_since = now;
+            return;
+        }
         let what = format!("no progress for {secs} s");
         let failure = if ex.response_started() {
             Failure::Abort(what)
@@ -731,6 +743,17 @@ mod tests {
             r.client_gets()
                 .starts_with("HTTP/1.1 504 Gateway Timeout\r\n")
         );
+
+        // A client that stops sending its body is the client's failure.
+        let mut r = Rig::new(&[]);
+        r.client(b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc");
+        r.conn.upstream_timed_out(&mut r.service, 0);
+        assert!(
+            r.client_gets()
+                .starts_with("HTTP/1.1 408 Request Timeout\r\n")
+        );
+        assert!(r.conn.should_close());
+        assert_eq!(r.conn.take_released(), Some(false));
 
         let mut r = Rig::new(&[]);
         r.client(b"GET /static/missing.css HTTP/1.1\r\nHost: h\r\n\r\n");
