@@ -287,7 +287,8 @@ impl Conn {
         );
     }
 
-    /// Whether a request is with the app (the engine then owes it an upstream connection).
+    /// Whether a request is with the app (see [`Conn::needs_upstream`] for when it needs a
+    /// connection to it).
     pub fn has_exchange(&self) -> bool {
         self.proxy.is_some()
     }

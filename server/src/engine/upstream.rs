@@ -234,11 +234,6 @@ impl Upstreams {
         None
     }
 
-    /// Ids of the idle connections (engines with one-shot polls keep one armed on each).
-    pub fn idle(&self) -> &[usize] {
-        &self.idle
-    }
-
     /// Moves bytes between upstream `id` and `conn` until the socket would block or the
     /// exchange is over. Returns what comes next, and whether any byte moved.
     pub fn pump(
