@@ -672,6 +672,26 @@ fn a_slow_app_is_504_after_the_upstream_timeout() {
 }
 
 #[test]
+fn sigterm_lets_a_request_with_the_app_finish() {
+    let mut site = Site::start();
+    let mut c = Raw::connect(site.bypass.addr());
+    c.send(request("GET", "/slow/?secs=1.5", &[]));
+    // The app has the request (gunicorn logs it only when done, so wait for bypass's side: the
+    // upstream connection is open) before the signal arrives.
+    poll_until(
+        Duration::from_secs(10),
+        "bypass to connect to the app",
+        || (site.app.established_connections() > 0).then_some(()),
+    );
+    site.bypass.signal(libc::SIGTERM);
+    let r = c.read_response();
+    r.assert_status(200);
+    assert!(r.body_text().starts_with("slept 1.5"), "{r:?}");
+    let status = site.bypass.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
+
+#[test]
 fn an_app_failing_mid_response_never_looks_complete() {
     let site = Site::start();
     // Straight from gunicorn both are cut short (a head, 64 KiB, then FIN): with

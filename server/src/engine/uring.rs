@@ -785,26 +785,22 @@ impl UringWorker {
             let Some(c) = self.conns[slot].as_ref() else {
                 continue;
             };
+            // While any output is unsent, the engine's own buffer included, it is busy.
+            let phase = if c.send_in_flight || c.stream.is_some() || c.sent < c.send_buf.len() {
+                Phase::Busy
+            } else {
+                c.conn.phase()
+            };
             let expired = past_deadline
                 || match c.state {
                     State::Open => {
-                        let phase = if c.send_in_flight
-                            || c.stream.is_some()
-                            || c.sent < c.send_buf.len()
-                        {
-                            Phase::Busy
-                        } else {
-                            c.conn.phase()
-                        };
                         self.timeouts
                             .expired(phase, c.conn.phase_since, c.last_progress, now)
                     }
                     State::Lingering { since } => now.saturating_sub(since) > LINGER_SECS,
                     State::Closing => false,
                 };
-            let proxying = matches!(c.state, State::Open)
-                && !c.send_in_flight
-                && c.conn.phase() == Phase::Upstream;
+            let proxying = c.state == State::Open && phase == Phase::Upstream;
             if expired && !past_deadline && proxying {
                 // The app is too slow: the core answers 504 (or ends a started response).
                 if let Some(c) = self.conns[slot].as_mut() {
