@@ -11,6 +11,7 @@ use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::time::{Duration, Instant};
 
 use super::set_int_option;
 use crate::conn::Conn;
@@ -19,6 +20,12 @@ use crate::serve::Service;
 
 /// Bytes read from an upstream socket per receive.
 pub const UPSTREAM_READ: usize = 64 * 1024;
+/// A pooled connection idle longer than this is not reused but closed. App servers close idle
+/// keep-alive connections on their own clock (gunicorn's gthread after 2 s, uvicorn after 5 s),
+/// and a request sent just as the app closes fails; one with a body cannot be sent again, so
+/// it would be a 502. Staying under the shortest common timeout avoids that race; a new
+/// connection on loopback costs ~50 µs.
+pub const POOL_IDLE_LIMIT: Duration = Duration::from_secs(1);
 
 /// One connection to the app.
 #[derive(Debug)]
@@ -37,6 +44,8 @@ pub struct Upstream {
     pub poll_out: bool,
     /// Closed by the worker; the descriptor is released when no poll is in flight.
     pub closing: bool,
+    /// When it went back to the pool.
+    idle_since: Instant,
 }
 
 /// What the upstream needs next.
@@ -88,9 +97,11 @@ impl Upstreams {
     /// then registers it).
     pub fn acquire(&mut self, owner: usize, fresh: bool) -> io::Result<(usize, bool)> {
         while !fresh && let Some(id) = self.idle.pop() {
-            let alive = self.socks[id]
-                .as_ref()
-                .is_some_and(|u| !u.closing && still_open(u.fd.as_raw_fd()));
+            let alive = self.socks[id].as_ref().is_some_and(|u| {
+                !u.closing
+                    && u.idle_since.elapsed() < POOL_IDLE_LIMIT
+                    && still_open(u.fd.as_raw_fd())
+            });
             if alive {
                 let u = self.socks[id].as_mut().expect("checked above");
                 u.owner = Some(owner);
@@ -113,6 +124,7 @@ impl Upstreams {
             poll_in: false,
             poll_out: false,
             closing: false,
+            idle_since: Instant::now(),
         };
         let id = match self.free.pop() {
             Some(id) => {
@@ -164,6 +176,7 @@ impl Upstreams {
         match self.get(id) {
             Some(u) if reusable && pool_has_room && !u.closing => {
                 u.owner = None;
+                u.idle_since = Instant::now();
                 self.idle.push(id);
             }
             Some(_) => self.close(id),
