@@ -37,6 +37,15 @@ pub fn decode_target(target: &[u8]) -> Result<String, PathError> {
         return Err(PathError::BadRequest);
     };
 
+    // The common case, nothing escaped: the decoded path is the target's own bytes, checked
+    // in place without building segments.
+    if memchr::memchr(b'%', rest).is_none() {
+        plain_verdict(rest)?;
+        return std::str::from_utf8(path)
+            .map(str::to_owned)
+            .map_err(|_| PathError::NotFound);
+    }
+
     // Decode each raw segment on its own so that a `/` produced by `%2F` can never be taken
     // for a separator; it stays inside its segment and is refused below.
     let mut segments: Vec<Vec<u8>> = Vec::new();
@@ -46,22 +55,13 @@ pub fn decode_target(target: &[u8]) -> Result<String, PathError> {
     if segments.iter().any(|s| s == b"..") {
         return Err(PathError::BadRequest);
     }
-
     let last = segments.len() - 1;
-    for (i, seg) in segments.iter().enumerate() {
-        let refused = match seg.first() {
-            // `//` would let two targets name one file; only a trailing `/` (a directory-looking
-            // target, answered by the caller) may leave the last segment empty.
-            None => i != last,
-            // Covers `.` as well as `.env`, `.git`: dot-files are never served.
-            Some(b'.') => true,
-            Some(_) => seg
-                .iter()
-                .any(|&b| b == b'/' || b == b'\\' || b < 0x20 || b == 0x7f),
-        };
-        if refused {
-            return Err(PathError::NotFound);
-        }
+    if segments
+        .iter()
+        .enumerate()
+        .any(|(i, seg)| segment_refused(seg, i == last))
+    {
+        return Err(PathError::NotFound);
     }
 
     let mut out = Vec::with_capacity(path.len());
@@ -72,6 +72,48 @@ pub fn decode_target(target: &[u8]) -> Result<String, PathError> {
     // No file on the mounts has a non-UTF-8 name we would serve, and the rest of the server
     // works with `str`: such a target names nothing.
     String::from_utf8(out).map_err(|_| PathError::NotFound)
+}
+
+/// The verdict on an unescaped path (after its leading `/`), in one pass: the rules of
+/// [`segment_refused`], with `..` (400) winning over everything else.
+fn plain_verdict(rest: &[u8]) -> Result<(), PathError> {
+    let mut refused = false;
+    let mut start = 0;
+    for (i, &b) in rest.iter().enumerate() {
+        if b == b'/' {
+            let segment = &rest[start..i];
+            if segment == b".." {
+                return Err(PathError::BadRequest);
+            }
+            refused |= matches!(segment.first(), None | Some(b'.'));
+            start = i + 1;
+        } else {
+            refused |= b == b'\\' || b < 0x20 || b == 0x7f;
+        }
+    }
+    let last = &rest[start..];
+    if last == b".." {
+        return Err(PathError::BadRequest);
+    }
+    // Only the last segment may be empty: a directory-looking target.
+    if refused || last.first() == Some(&b'.') {
+        return Err(PathError::NotFound);
+    }
+    Ok(())
+}
+
+/// Whether a decoded segment can never be part of a servable name (404).
+fn segment_refused(seg: &[u8], is_last: bool) -> bool {
+    match seg.first() {
+        // `//` would let two targets name one file; only a trailing `/` (a directory-looking
+        // target, answered by the caller) may leave the last segment empty.
+        None => !is_last,
+        // Covers `.` as well as `.env`, `.git`: dot-files are never served.
+        Some(b'.') => true,
+        Some(_) => seg
+            .iter()
+            .any(|&b| b == b'/' || b == b'\\' || b < 0x20 || b == 0x7f),
+    }
 }
 
 /// The path-and-query of an origin-form or absolute-form target, still encoded.
@@ -334,6 +376,39 @@ mod tests {
         assert_eq!(err(b"/%C3"), NotFound);
         assert_eq!(err(b"/%C0%AE%C0%AE/etc"), NotFound);
         assert_eq!(err(b"/\xff\xfe"), NotFound);
+    }
+
+    #[test]
+    fn unescaped_targets_decode_as_their_escaped_twins() {
+        // Unescaped targets take a path that builds no segments; escaping their first letter
+        // sends the same name through the decoding path: both must agree on every verdict.
+        let targets: [&[u8]; 14] = [
+            b"/a.css",
+            b"/static/a/b.css?v=1",
+            b"/static/a/",
+            b"/a/../b",
+            b"/a/./b",
+            b"/a//b",
+            b"/a/.env",
+            b"/a\\b",
+            b"/a/..",
+            b"/a/b/.",
+            b"/a/\xff",
+            b"/a/caf\xc3\xa9.css",
+            b"/a/\x7f",
+            b"/a/..?q",
+        ];
+        for t in targets {
+            assert!(t[1].is_ascii_alphabetic());
+            let mut escaped = format!("/%{:02X}", t[1]).into_bytes();
+            escaped.extend_from_slice(&t[2..]);
+            assert_eq!(
+                decode_target(t),
+                decode_target(&escaped),
+                "{}",
+                String::from_utf8_lossy(t)
+            );
+        }
     }
 
     #[test]
