@@ -6,17 +6,21 @@
 //!   ([`Cache`]), so the hit path takes no lock and touches no shared cache line.
 //! - Policy: [`s3fifo::S3Fifo`], weighted by bytes; files above [`FIRST_MISS_ADMIT`] are only
 //!   admitted on their second miss (they are costly to copy in for a one-hit wonder).
-//! - Memory: bodies up to [`MEMFD_ABOVE`] live on the heap (anonymous memory); larger ones
-//!   (media only, see [`STATIC_MAX`]) in a sealed memfd (shrink, grow and write seals), which engines send with sendfile like any
-//!   file. Nothing is ever a mapping of a file another process can truncate, so no SIGBUS, and
-//!   a sealed memfd cannot change under a send in flight.
+//! - Memory: bodies up to [`MEMFD_ABOVE`] live on the heap (anonymous memory); larger ones up
+//!   to [`FRAMED_MAX`] in a sealed memfd right behind their rendered head ([`Body::Framed`]),
+//!   so that a hit is one sendfile of head and body; larger media in a sealed memfd of their
+//!   own; larger static files stay in the page cache, the entry keeping only their rendered
+//!   head ([`Body::Referenced`], see [`STATIC_MAX`]). Seals forbid shrinking, growing and
+//!   writing. Nothing is ever a mapping of a file another process can truncate, so no SIGBUS,
+//!   and a sealed memfd cannot change under a send in flight.
 //! - Copy-in ([`copy_in`]): the file is fstat'ed before and after the read and must match the
 //!   metadata the response is built from; a file modified or changed (mtime or ctime) within
 //!   [`RACY_NS`] of the copy is not admitted (it may be mid-write, and a later write in the
 //!   same timestamp tick would be invisible to the stat check, as with git's "racily clean"
 //!   index entries).
 //! - Each entry holds its pre-rendered head with the `Date` value spliced in at hit time
-//!   ([`Entry::write_hit`]).
+//!   ([`Entry::write_hit`]); a framed entry's memfd is re-made with the new date on the first
+//!   hit of each second.
 //!
 //! Invalidation is done by the caller ([`crate::serve`]): static entries are checked on every
 //! hit against the open-file cache's metadata (revalidated each second) and dropped per mount
@@ -27,6 +31,7 @@ pub mod metrics;
 pub mod s3fifo;
 pub mod shards;
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::io;
 use std::mem::MaybeUninit;
@@ -56,13 +61,20 @@ pub const FIRST_MISS_ADMIT: u64 = 256 << 10;
 /// request pipelined and ~13 µs not pipelined, copying from the heap 13.2 and ~15 µs. Same
 /// threshold as the engines' own sendfile threshold, below which they copy anyway.
 pub const MEMFD_ABOVE: u64 = 8 << 10;
-/// Largest static representation cached. A static file is already open (the per-worker
-/// open-file cache) and its pages are in the page cache, so above the engines' sendfile
-/// threshold a copy gains nothing: measured on a ~300 KB file, sendfile from a memfd copy cost
-/// 35-49 µs of server CPU per request against 31-40 µs from the page cache, and the same on
-/// 23 KB. Media files above it are still cached (in a memfd): uncached, each request opens and
-/// copies them.
-pub const STATIC_MAX: u64 = MEMFD_ABOVE;
+/// Bodies above [`MEMFD_ABOVE`] and up to this are kept framed ([`Body::Framed`]): the memfd
+/// holds the `200` head, date included, right before the body, so that a plain hit is one
+/// sendfile instead of a send of the head and a sendfile of the body. The frame is re-made
+/// on the first hit of each second, a copy that is cheap only for bodies this small.
+pub const FRAMED_MAX: u64 = 64 << 10;
+/// Largest static representation copied in; larger ones are cached as their rendered head
+/// only ([`Body::Referenced`]). A static file is already open (the per-worker open-file
+/// cache) and its pages are in the page cache, so a plain copy of it gains nothing: measured on
+/// a ~300 KB file, sendfile from a memfd copy cost 35-49 µs of server CPU per request against
+/// 31-40 µs from the page cache, and the same on 23 KB. What a copy does gain is the frame:
+/// measured on the 23 KB file, one sendfile of head and body cost ~0.7x nginx's CPU per
+/// request in a null responder, against ~0.8x for a send of the head and a sendfile. Media
+/// files above it are still copied (in a memfd): uncached, each request opens and copies them.
+pub const STATIC_MAX: u64 = FRAMED_MAX;
 /// A file modified this recently is not copied in.
 pub const RACY_NS: i128 = 100_000_000;
 /// Bookkeeping bytes counted per entry besides body and head.
@@ -104,8 +116,24 @@ impl Stamp {
 #[derive(Debug)]
 pub enum Body {
     Heap(Rc<[u8]>),
+    /// Above [`MEMFD_ABOVE`], up to [`FRAMED_MAX`]: a sealed memfd holding a default `200`
+    /// head and then the body.
+    Framed(RefCell<Frame>),
     /// Sealed: its size and content can never change.
     Memfd(Rc<File>),
+    /// Not copied: a static file above [`STATIC_MAX`], sent by sendfile from the descriptor
+    /// the open-file cache holds for it (which the caller has in hand on every hit). The entry
+    /// keeps only the rendered head, which is what such a hit saves; holding no descriptor,
+    /// it cannot keep files open beyond the open-file cache's bound.
+    Referenced,
+}
+
+/// A sealed memfd holding the rendered `200` head for one second (its `Date`), then the body.
+#[derive(Debug)]
+pub struct Frame {
+    file: Rc<File>,
+    head_len: u64,
+    date: [u8; date::LEN],
 }
 
 /// One cached representation.
@@ -150,29 +178,90 @@ impl Entry {
         }
     }
 
-    fn weight(&self) -> u64 {
+    /// What the entry counts against the budget: the memory it holds.
+    pub fn weight(&self) -> u64 {
         let body = match self.body {
             Body::Heap(_) => self.len(),
             Body::Memfd(_) => self.len().div_ceil(4096) * 4096,
+            // The frame's head shares the body's pages; a new frame replaces the old one.
+            Body::Framed(_) => (self.len() + self.head.len() as u64 + 2).div_ceil(4096) * 4096,
+            Body::Referenced => 0,
         };
         body + self.head.len() as u64 + self.rel.len() as u64 + ENTRY_OVERHEAD
     }
 
     /// Appends the whole `200` reply: the stored head with the current date and the
-    /// connection's `Connection` field, then the body unless `head_only`.
-    pub fn write_hit(&self, connection: ConnectionHeader, head_only: bool, out: &mut Output) {
+    /// connection's `Connection` field, then the body unless `head_only`. `file` is the
+    /// representation's open file, where the body of a [`Body::Referenced`] entry comes from.
+    pub fn write_hit(
+        &self,
+        connection: ConnectionHeader,
+        head_only: bool,
+        file: Option<&Rc<File>>,
+        out: &mut Output,
+    ) {
+        if let Body::Framed(frame) = &self.body
+            && connection == ConnectionHeader::Default
+            && !head_only
+        {
+            let today = date::current();
+            let mut frame = frame.borrow_mut();
+            if frame.date != today {
+                // A failure (no memory, no descriptors) leaves the old frame, whose body
+                // still serves below with a fresh head.
+                if let Ok(fresh) = self.reframe(&frame, today) {
+                    *frame = fresh;
+                }
+            }
+            if frame.date == today {
+                out.push_file(&frame.file, 0, frame.head_len + self.len(), true);
+                out.end_reply();
+                return;
+            }
+        }
         splice_head(&self.head, self.date_at, connection, out.bytes());
         if !head_only {
-            self.push_range(out, 0, self.len());
+            self.push_range(out, 0, self.len(), file);
         }
         out.end_reply();
     }
 
-    /// Queues `len` body bytes from `offset` (within the body).
-    pub fn push_range(&self, out: &mut Output, offset: u64, len: u64) {
+    /// A new frame with `today`'s date, the body copied from `old`.
+    fn reframe(&self, old: &Frame, today: [u8; date::LEN]) -> io::Result<Frame> {
+        let len = usize::try_from(self.len()).map_err(|_| io::ErrorKind::InvalidData)?;
+        let mut bytes = Vec::with_capacity(self.head.len() + 2 + len);
+        splice_head(
+            &self.head,
+            self.date_at,
+            ConnectionHeader::Default,
+            &mut bytes,
+        );
+        let head_len = bytes.len();
+        bytes[self.date_at..self.date_at + date::LEN].copy_from_slice(&today);
+        bytes.resize(head_len + len, 0);
+        old.file
+            .read_exact_at(&mut bytes[head_len..], old.head_len)?;
+        Ok(Frame {
+            file: Rc::new(sealed_memfd(&bytes)?),
+            head_len: head_len as u64,
+            date: today,
+        })
+    }
+
+    /// Queues `len` body bytes from `offset` (within the body); `file` as for
+    /// [`Entry::write_hit`].
+    pub fn push_range(&self, out: &mut Output, offset: u64, len: u64, file: Option<&Rc<File>>) {
         match &self.body {
             Body::Heap(bytes) => out.push_shared(bytes, offset as usize, len as usize),
             Body::Memfd(file) => out.push_file(file, offset, len, true),
+            Body::Framed(frame) => {
+                let frame = frame.borrow();
+                out.push_file(&frame.file, frame.head_len + offset, len, true);
+            }
+            Body::Referenced => {
+                let file = file.expect("a referenced entry is only served with its file");
+                out.push_file(file, offset, len, true);
+            }
         }
     }
 }
@@ -243,13 +332,21 @@ pub enum NotAdmitted {
     Io,
 }
 
+/// A file's bytes, copied in.
+#[derive(Debug)]
+pub enum Copied {
+    Ready(Body),
+    /// Bound for a [`Body::Framed`], which needs the rendered head.
+    ToFrame(Vec<u8>),
+}
+
 /// Copies `file` (expected to be `expect`) into cache memory.
-pub fn copy_in(file: &File, expect: Stamp) -> Result<Body, NotAdmitted> {
+pub fn copy_in(file: &File, expect: Stamp) -> Result<Copied, NotAdmitted> {
     copy_in_at(file, expect, realtime_ns())
 }
 
 /// [`copy_in`] as if the time were `now_ns` (for the racy-file rule).
-fn copy_in_at(file: &File, expect: Stamp, now_ns: i128) -> Result<Body, NotAdmitted> {
+fn copy_in_at(file: &File, expect: Stamp, now_ns: i128) -> Result<Copied, NotAdmitted> {
     let before = Stamp::of(&file.metadata().map_err(|_| NotAdmitted::Io)?);
     if before != expect {
         return Err(NotAdmitted::Changed);
@@ -258,14 +355,24 @@ fn copy_in_at(file: &File, expect: Stamp, now_ns: i128) -> Result<Body, NotAdmit
         return Err(NotAdmitted::TooNew);
     }
     let len = usize::try_from(expect.len).map_err(|_| NotAdmitted::Io)?;
-    let body = if expect.len > MEMFD_ABOVE {
+    let body = if expect.len > MEMFD_ABOVE && expect.len <= FRAMED_MAX {
         let mut bytes = Vec::with_capacity(len);
         if read_exact_at(file, bytes.spare_capacity_mut()) != len {
             return Err(NotAdmitted::Changed);
         }
         // SAFETY: read_exact_at initialised all `len` bytes.
         unsafe { bytes.set_len(len) };
-        Body::Memfd(Rc::new(sealed_memfd(&bytes).map_err(|_| NotAdmitted::Io)?))
+        Copied::ToFrame(bytes)
+    } else if expect.len > MEMFD_ABOVE {
+        let mut bytes = Vec::with_capacity(len);
+        if read_exact_at(file, bytes.spare_capacity_mut()) != len {
+            return Err(NotAdmitted::Changed);
+        }
+        // SAFETY: read_exact_at initialised all `len` bytes.
+        unsafe { bytes.set_len(len) };
+        Copied::Ready(Body::Memfd(Rc::new(
+            sealed_memfd(&bytes).map_err(|_| NotAdmitted::Io)?,
+        )))
     } else {
         let mut rc = Rc::<[u8]>::new_uninit_slice(len);
         let slot = Rc::get_mut(&mut rc).expect("a fresh Rc is unique");
@@ -273,7 +380,7 @@ fn copy_in_at(file: &File, expect: Stamp, now_ns: i128) -> Result<Body, NotAdmit
             return Err(NotAdmitted::Changed);
         }
         // SAFETY: read_exact_at initialised every byte of the slice.
-        Body::Heap(unsafe { rc.assume_init() })
+        Copied::Ready(Body::Heap(unsafe { rc.assume_init() }))
     };
     let after = Stamp::of(&file.metadata().map_err(|_| NotAdmitted::Io)?);
     if after != expect {
@@ -341,6 +448,51 @@ pub struct EntrySpec<'a> {
     pub policy: FilePolicy<'a>,
 }
 
+/// An entry for `spec` with the `copied` body, its `200` head rendered.
+fn assemble(spec: &EntrySpec<'_>, copied: Copied) -> Option<Rc<Entry>> {
+    let mut rendered = Vec::with_capacity(512);
+    crate::serve::file::render_ok_head(
+        spec.stamp.len,
+        spec.etag,
+        spec.last_modified,
+        &spec.policy,
+        &mut rendered,
+    );
+    let (head, date_at) = prepare_head(rendered)?;
+    let body = match copied {
+        Copied::Ready(body) => body,
+        Copied::ToFrame(bytes) => {
+            let today = date::current();
+            let mut framed = Vec::with_capacity(head.len() + 2 + bytes.len());
+            splice_head(&head, date_at, ConnectionHeader::Default, &mut framed);
+            framed[date_at..date_at + date::LEN].copy_from_slice(&today);
+            let head_len = framed.len() as u64;
+            framed.extend_from_slice(&bytes);
+            Body::Framed(RefCell::new(Frame {
+                file: Rc::new(sealed_memfd(&framed).ok()?),
+                head_len,
+                date: today,
+            }))
+        }
+    };
+    Some(Rc::new(Entry {
+        mount: spec.mount,
+        encoding: spec.encoding,
+        rel: spec.rel.into(),
+        stamp: spec.stamp,
+        head,
+        date_at,
+        body,
+        etag: spec.etag.to_vec(),
+        last_modified: spec.last_modified,
+        content_type: spec.policy.content_type.into(),
+        cache_control: spec.policy.cache_control.into(),
+        vary_accept_encoding: spec.policy.vary_accept_encoding,
+        attachment: spec.policy.attachment,
+        sandbox: spec.policy.sandbox,
+    }))
+}
+
 /// One worker's cache.
 pub struct Cache {
     fifo: S3Fifo<Rc<Entry>>,
@@ -370,8 +522,9 @@ impl Cache {
         len <= self.max_entry
     }
 
-    /// Whether a static representation of `len` bytes may be cached (see [`STATIC_MAX`]).
-    pub fn fits_static(&self, len: u64) -> bool {
+    /// Whether a static representation of `len` bytes is copied in; larger ones are cached as
+    /// [`Body::Referenced`] (see [`STATIC_MAX`]).
+    pub fn copies_static(&self, len: u64) -> bool {
         len <= self.max_entry.min(STATIC_MAX)
     }
 
@@ -443,38 +596,20 @@ impl Cache {
 
     /// Copies `file` in and renders its head; `None` (counted) if it cannot be admitted.
     pub fn build(&mut self, file: &File, spec: &EntrySpec<'_>) -> Option<Rc<Entry>> {
-        let body = match copy_in(file, spec.stamp) {
-            Ok(b) => b,
+        let copied = match copy_in(file, spec.stamp) {
+            Ok(c) => c,
             Err(_) => {
                 self.stats.not_admitted.add(1);
                 return None;
             }
         };
-        let mut rendered = Vec::with_capacity(512);
-        crate::serve::file::render_ok_head(
-            spec.stamp.len,
-            spec.etag,
-            spec.last_modified,
-            &spec.policy,
-            &mut rendered,
-        );
-        let (head, date_at) = prepare_head(rendered)?;
-        Some(Rc::new(Entry {
-            mount: spec.mount,
-            encoding: spec.encoding,
-            rel: spec.rel.into(),
-            stamp: spec.stamp,
-            head,
-            date_at,
-            body,
-            etag: spec.etag.to_vec(),
-            last_modified: spec.last_modified,
-            content_type: spec.policy.content_type.into(),
-            cache_control: spec.policy.cache_control.into(),
-            vary_accept_encoding: spec.policy.vary_accept_encoding,
-            attachment: spec.policy.attachment,
-            sandbox: spec.policy.sandbox,
-        }))
+        assemble(spec, copied)
+    }
+
+    /// Renders the head of a static representation whose body stays in its file
+    /// ([`Body::Referenced`]).
+    pub fn build_referenced(&mut self, spec: &EntrySpec<'_>) -> Option<Rc<Entry>> {
+        assemble(spec, Copied::Ready(Body::Referenced))
     }
 
     /// Stores an entry built by [`Cache::build`].
@@ -579,8 +714,8 @@ mod tests {
         let f = file_with(b"hello");
         let stamp = Stamp::of(&f.metadata().unwrap());
         match copy_in_at(&f, stamp, later()).unwrap() {
-            Body::Heap(b) => assert_eq!(&*b, b"hello"),
-            Body::Memfd(_) => panic!("small bodies live on the heap"),
+            Copied::Ready(Body::Heap(b)) => assert_eq!(&*b, b"hello"),
+            other => panic!("small bodies live on the heap, not {other:?}"),
         }
         let other = Stamp { len: 6, ..stamp };
         assert_eq!(
@@ -595,10 +730,18 @@ mod tests {
         let stamp = Stamp::of(&f.metadata().unwrap());
         assert_eq!(copy_in(&f, stamp).unwrap_err(), NotAdmitted::TooNew);
 
-        let big = vec![42u8; MEMFD_ABOVE as usize + 1];
+        let framed = vec![41u8; MEMFD_ABOVE as usize + 1];
+        let f = file_with(&framed);
+        let stamp = Stamp::of(&f.metadata().unwrap());
+        let Copied::ToFrame(bytes) = copy_in_at(&f, stamp, later()).unwrap() else {
+            panic!("mid-sized bodies are framed")
+        };
+        assert_eq!(bytes, framed);
+
+        let big = vec![42u8; FRAMED_MAX as usize + 1];
         let f = file_with(&big);
         let stamp = Stamp::of(&f.metadata().unwrap());
-        let Body::Memfd(m) = copy_in_at(&f, stamp, later()).unwrap() else {
+        let Copied::Ready(Body::Memfd(m)) = copy_in_at(&f, stamp, later()).unwrap() else {
             panic!("large bodies live in a memfd")
         };
         let mut back = vec![0u8; big.len()];
@@ -607,6 +750,119 @@ mod tests {
         // Sealed: neither writes nor truncation are allowed.
         assert!(m.write_at(b"x", 0).is_err());
         assert!(m.set_len(1).is_err());
+    }
+
+    /// Everything `out` holds, as the bytes a client would receive, and how many segments.
+    fn drain(out: &mut Output) -> (Vec<u8>, usize) {
+        let (mut bytes, mut segments) = (Vec::new(), 0);
+        while let Some(segment) = out.pop_front() {
+            segments += 1;
+            match segment {
+                crate::serve::reply::Segment::Bytes(b) => bytes.extend_from_slice(&b),
+                crate::serve::reply::Segment::Shared {
+                    bytes: b,
+                    offset,
+                    len,
+                } => bytes.extend_from_slice(&b[offset..offset + len]),
+                crate::serve::reply::Segment::File {
+                    file, offset, len, ..
+                } => {
+                    let mut part = vec![0u8; len as usize];
+                    file.read_exact_at(&mut part, offset).unwrap();
+                    bytes.extend_from_slice(&part);
+                }
+            }
+        }
+        (bytes, segments)
+    }
+
+    #[test]
+    fn a_framed_entry_is_one_file_range_with_todays_head() {
+        let body: Vec<u8> = (0..MEMFD_ABOVE as usize * 2)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let f = file_with(&body);
+        let stamp = Stamp::of(&f.metadata().unwrap());
+        let policy = FilePolicy {
+            content_type: "text/css",
+            encoding: Encoding::Identity,
+            cache_control: b"max-age=60",
+            vary_accept_encoding: false,
+            attachment: false,
+            sandbox: false,
+            extra: &[],
+        };
+        let spec = EntrySpec {
+            mount: 0,
+            encoding: Encoding::Identity,
+            rel: "a.css",
+            stamp,
+            etag: b"\"x\"",
+            last_modified: 0,
+            policy,
+        };
+        let entry = assemble(&spec, copy_in_at(&f, stamp, later()).unwrap()).unwrap();
+        assert!(matches!(entry.body, Body::Framed(_)));
+
+        // A plain GET: one file range, head and body, head as splice_head renders it.
+        let mut out = Output::default();
+        entry.write_hit(ConnectionHeader::Default, false, None, &mut out);
+        let (wire, segments) = drain(&mut out);
+        assert_eq!(segments, 1);
+        let mut want = Vec::new();
+        splice_head(
+            &entry.head,
+            entry.date_at,
+            ConnectionHeader::Default,
+            &mut want,
+        );
+        let head_len = want.len();
+        want.extend_from_slice(&body);
+        assert_eq!(wire.len(), want.len());
+        // The dates may differ if a second ticked in between; everything else may not.
+        let date = entry.date_at..entry.date_at + date::LEN;
+        assert_eq!(wire[..date.start], want[..date.start]);
+        assert_eq!(wire[date.end..], want[date.end..]);
+
+        // HEAD, and another Connection field: the head from the template, the body (if any)
+        // from the frame past its head.
+        let mut out = Output::default();
+        entry.write_hit(ConnectionHeader::Default, true, None, &mut out);
+        let (wire, _) = drain(&mut out);
+        assert_eq!(wire.len(), head_len);
+        assert!(wire.ends_with(b"\r\n\r\n"));
+        let mut out = Output::default();
+        entry.write_hit(ConnectionHeader::Close, false, None, &mut out);
+        let (wire, segments) = drain(&mut out);
+        assert_eq!(segments, 2);
+        assert!(wire.ends_with(&body));
+        assert!(
+            std::str::from_utf8(&wire[..wire.len() - body.len()])
+                .unwrap()
+                .contains("Connection: close\r\n")
+        );
+
+        // A new second: a new frame with the new date and the same body.
+        let Body::Framed(frame) = &entry.body else {
+            unreachable!()
+        };
+        let tomorrow = date::format(4_000_000_000);
+        let fresh = entry.reframe(&frame.borrow(), tomorrow).unwrap();
+        assert_eq!(fresh.head_len, head_len as u64);
+        let mut framed = vec![0u8; head_len + body.len()];
+        fresh.file.read_exact_at(&mut framed, 0).unwrap();
+        assert_eq!(&framed[date.clone()], &tomorrow);
+        assert_eq!(&framed[head_len..], &body[..]);
+        assert!(fresh.file.write_at(b"x", 0).is_err());
+        *frame.borrow_mut() = fresh;
+        // Today's hit re-frames again, and ranges read past the head.
+        let mut out = Output::default();
+        entry.write_hit(ConnectionHeader::Default, false, None, &mut out);
+        let (wire, _) = drain(&mut out);
+        assert_eq!(&wire[date.clone()], &date::current());
+        let mut out = Output::default();
+        entry.push_range(&mut out, 10, 5, None);
+        assert_eq!(drain(&mut out).0, &body[10..15]);
     }
 
     #[test]

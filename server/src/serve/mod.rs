@@ -148,11 +148,8 @@ impl Service {
                         continue;
                     }
                     let rep = resource.representation(encoding);
-                    if !self.cache.fits_static(rep.len) {
+                    if !self.cache.fits(rep.len) {
                         continue;
-                    }
-                    if rep.len + 1024 > self.cache.room() {
-                        break 'files;
                     }
                     let policy = Self::static_policy(
                         &site,
@@ -171,7 +168,15 @@ impl Service {
                         last_modified: rep.mtime_secs,
                         policy,
                     };
-                    if let Some(entry) = self.cache.build(&rep.file, &spec) {
+                    let entry = if self.cache.copies_static(rep.len) {
+                        self.cache.build(&rep.file, &spec)
+                    } else {
+                        self.cache.build_referenced(&spec)
+                    };
+                    if let Some(entry) = entry {
+                        if entry.weight() > self.cache.room() {
+                            break 'files;
+                        }
                         self.cache.insert(key, entry);
                     }
                 }
@@ -211,12 +216,13 @@ impl Service {
         req: &Request<'_>,
         key: u64,
         entry: &Entry,
+        file: Option<&Rc<File>>,
         connection: ConnectionHeader,
         out: &mut Output,
     ) {
         let head_only = req.method == Method::Head;
         if plain(req) {
-            entry.write_hit(connection, head_only, out);
+            entry.write_hit(connection, head_only, file, out);
             let sent = if head_only { 0 } else { entry.len() };
             self.cache.record_hit(key, entry.len(), sent);
             return;
@@ -238,13 +244,13 @@ impl Service {
         match plan {
             BodyPlan::None => {}
             BodyPlan::Range(ByteRange { start, len }) => {
-                entry.push_range(out, start, len);
+                entry.push_range(out, start, len, file);
                 sent += len;
             }
             BodyPlan::Multipart { parts, closing } => {
                 for (header, r) in parts {
                     out.bytes().extend_from_slice(&header);
-                    entry.push_range(out, r.start, r.len);
+                    entry.push_range(out, r.start, r.len, file);
                     sent += r.len;
                 }
                 out.bytes().extend_from_slice(&closing);
@@ -371,10 +377,11 @@ impl Service {
             }
         }
         let key = cache::key(index, encoding, rel);
-        if self.cache.enabled() && self.cache.fits_static(rep.len) {
+        if self.cache.enabled() && self.cache.fits(rep.len) {
+            let file = Some(&rep.file);
             if let Some(cached) = self.cache.lookup(key, index, encoding, rel) {
                 if cached.stamp == rep.stamp {
-                    return self.respond_cached(req, key, &cached, connection, out);
+                    return self.respond_cached(req, key, &cached, file, connection, out);
                 }
                 // The open-file cache saw the file change: the copy is stale.
                 self.cache.invalidate(key);
@@ -392,9 +399,14 @@ impl Service {
                     last_modified: rep.mtime_secs,
                     policy,
                 };
-                if let Some(built) = self.cache.build(&rep.file, &spec) {
+                let built = if self.cache.copies_static(rep.len) {
+                    self.cache.build(&rep.file, &spec)
+                } else {
+                    self.cache.build_referenced(&spec)
+                };
+                if let Some(built) = built {
                     self.cache.insert(key, Rc::clone(&built));
-                    return self.respond_cached(req, key, &built, connection, out);
+                    return self.respond_cached(req, key, &built, file, connection, out);
                 }
             }
         }
@@ -430,7 +442,7 @@ impl Service {
             // the very file it was taken from (one fstatat), so a replaced, rewritten,
             // truncated or deleted upload is never served from the cache, not even once.
             if open::stat_at(mount.root(), rel) == Some(cached.stamp) {
-                return self.respond_cached(req, key, &cached, connection, out);
+                return self.respond_cached(req, key, &cached, None, connection, out);
             }
             self.cache.invalidate(key);
         }
@@ -466,7 +478,7 @@ impl Service {
             };
             if let Some(built) = self.cache.build(&opened.file, &spec) {
                 self.cache.insert(key, Rc::clone(&built));
-                return self.respond_cached(req, key, &built, connection, out);
+                return self.respond_cached(req, key, &built, None, connection, out);
             }
         }
         let etag = etag(
