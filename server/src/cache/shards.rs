@@ -13,6 +13,9 @@
 //! Cost: a hash mix and a compare per reference, O(log n) work on the 10% that are sampled.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+
+use super::s3fifo::IdentityHasher;
 
 /// Sampling rate: references whose hash modulo `MODULUS` is below `THRESHOLD` are sampled.
 /// 10%: a Django static tree has hundreds to a few thousand files, and at 1% too few of them
@@ -78,8 +81,8 @@ pub enum Reference {
 
 /// The per-worker sampler.
 pub struct Shards {
-    /// key → (time of last access, size then).
-    last: HashMap<u64, (usize, u64)>,
+    /// key → (time of last access, size then). Keys are already mixed hashes.
+    last: HashMap<u64, (usize, u64), BuildHasherDefault<IdentityHasher>>,
     /// Fenwick tree over access times.
     tree: Vec<u64>,
     time: usize,
@@ -88,7 +91,7 @@ pub struct Shards {
 impl Default for Shards {
     fn default() -> Self {
         Shards {
-            last: HashMap::new(),
+            last: HashMap::default(),
             tree: vec![0; 2 * MAX_TRACKED + 1],
             time: 0,
         }
@@ -101,7 +104,9 @@ impl Shards {
         if self.time + 1 >= self.tree.len() {
             self.renumber();
         }
-        let result = match self.last.get(&key).copied() {
+        let now = self.time + 1;
+        let previous = self.last.insert(key, (now, size));
+        let result = match previous {
             Some((t, old)) => {
                 // Bytes of distinct sampled objects touched after t, this one excluded.
                 let after = self.prefix(self.time) - self.prefix(t);
@@ -110,9 +115,8 @@ impl Shards {
             }
             None => Reference::First,
         };
-        self.time += 1;
-        self.add(self.time, size);
-        self.last.insert(key, (self.time, size));
+        self.time = now;
+        self.add(now, size);
         result
     }
 

@@ -1,5 +1,7 @@
 //! Decoding a request-target into a safe path relative to a mount, without touching the disk.
 
+use std::borrow::Cow;
+
 /// Why a request-target cannot name a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PathError {
@@ -21,7 +23,7 @@ pub enum PathError {
 /// are 404: they are legal in Linux file names but no collected or uploaded file has them, and
 /// they would only ever reach logs and headers. Absolute-form with userinfo (`http://u@host/`)
 /// or an empty host is 400 (RFC 9110 §4.2.4, §4.2.1).
-pub fn decode_target(target: &[u8]) -> Result<String, PathError> {
+pub fn decode_target(target: &[u8]) -> Result<Cow<'_, str>, PathError> {
     let path = path_part(target)?;
     // The query and (not allowed in a request-target, but harmless) fragment are not part of
     // the file name; a literal `?` or `#` in a name arrives escaped.
@@ -31,7 +33,7 @@ pub fn decode_target(target: &[u8]) -> Result<String, PathError> {
     };
     if path.is_empty() {
         // Absolute-form with an empty path (`http://host?x`) means the root (RFC 9110 §4.2.1).
-        return Ok(String::from("/"));
+        return Ok(Cow::Borrowed("/"));
     }
     let Some(rest) = path.strip_prefix(b"/") else {
         return Err(PathError::BadRequest);
@@ -42,7 +44,7 @@ pub fn decode_target(target: &[u8]) -> Result<String, PathError> {
     if memchr::memchr(b'%', rest).is_none() {
         plain_verdict(rest)?;
         return std::str::from_utf8(path)
-            .map(str::to_owned)
+            .map(Cow::Borrowed)
             .map_err(|_| PathError::NotFound);
     }
 
@@ -71,25 +73,27 @@ pub fn decode_target(target: &[u8]) -> Result<String, PathError> {
     }
     // No file on the mounts has a non-UTF-8 name we would serve, and the rest of the server
     // works with `str`: such a target names nothing.
-    String::from_utf8(out).map_err(|_| PathError::NotFound)
+    String::from_utf8(out)
+        .map(Cow::Owned)
+        .map_err(|_| PathError::NotFound)
 }
 
-/// The verdict on an unescaped path (after its leading `/`), in one pass: the rules of
+/// The verdict on an unescaped path (after its leading `/`): the rules of
 /// [`segment_refused`], with `..` (400) winning over everything else.
 fn plain_verdict(rest: &[u8]) -> Result<(), PathError> {
-    let mut refused = false;
+    // Byte checks as a vectorised fold, segment checks at each `/` found by memchr: a byte
+    // loop with branches cost ~0.1-0.2 µs on a 36-byte target.
+    let mut refused = rest.iter().fold(false, |bad, &b| {
+        bad | (b == b'\\') | (b < 0x20) | (b == 0x7f)
+    });
     let mut start = 0;
-    for (i, &b) in rest.iter().enumerate() {
-        if b == b'/' {
-            let segment = &rest[start..i];
-            if segment == b".." {
-                return Err(PathError::BadRequest);
-            }
-            refused |= matches!(segment.first(), None | Some(b'.'));
-            start = i + 1;
-        } else {
-            refused |= b == b'\\' || b < 0x20 || b == 0x7f;
+    for slash in memchr::memchr_iter(b'/', rest) {
+        let segment = &rest[start..slash];
+        if segment == b".." {
+            return Err(PathError::BadRequest);
         }
+        refused |= matches!(segment.first(), None | Some(b'.'));
+        start = slash + 1;
     }
     let last = &rest[start..];
     if last == b".." {
@@ -120,7 +124,11 @@ fn segment_refused(seg: &[u8], is_last: bool) -> bool {
 fn path_part(target: &[u8]) -> Result<&[u8], PathError> {
     // Raw controls (NUL included) and spaces cannot occur in a well-formed target; the request
     // parser should have caught them already, but this function must be safe on its own.
-    if target.iter().any(|&b| b <= b' ' || b == 0x7f) {
+    // A fold with no early exit: the compiler vectorises it (an `any` loop goes byte by byte).
+    if target
+        .iter()
+        .fold(false, |bad, &b| bad | (b <= b' ') | (b == 0x7f))
+    {
         return Err(PathError::BadRequest);
     }
     if target.first() == Some(&b'/') {
@@ -190,7 +198,9 @@ mod tests {
     use super::*;
 
     fn ok(target: &str) -> String {
-        decode_target(target.as_bytes()).unwrap_or_else(|e| panic!("{target:?}: {e:?}"))
+        decode_target(target.as_bytes())
+            .unwrap_or_else(|e| panic!("{target:?}: {e:?}"))
+            .into_owned()
     }
 
     fn err(target: &[u8]) -> PathError {
