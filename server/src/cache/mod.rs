@@ -368,24 +368,19 @@ fn copy_in_at(file: &File, expect: Stamp, now_ns: i128) -> Result<Copied, NotAdm
         return Err(NotAdmitted::TooNew);
     }
     let len = usize::try_from(expect.len).map_err(|_| NotAdmitted::Io)?;
-    let body = if expect.len > MEMFD_ABOVE && expect.len <= FRAMED_MAX {
+    let body = if expect.len > MEMFD_ABOVE {
         let mut bytes = Vec::with_capacity(len);
         if read_exact_at(file, bytes.spare_capacity_mut()) != len {
             return Err(NotAdmitted::Changed);
         }
         // SAFETY: read_exact_at initialised all `len` bytes.
         unsafe { bytes.set_len(len) };
-        Copied::ToFrame(bytes)
-    } else if expect.len > MEMFD_ABOVE {
-        let mut bytes = Vec::with_capacity(len);
-        if read_exact_at(file, bytes.spare_capacity_mut()) != len {
-            return Err(NotAdmitted::Changed);
+        if expect.len <= FRAMED_MAX {
+            Copied::ToFrame(bytes)
+        } else {
+            let memfd = sealed_memfd(&bytes).map_err(|_| NotAdmitted::Io)?;
+            Copied::Ready(Body::Memfd(Rc::new(memfd)))
         }
-        // SAFETY: read_exact_at initialised all `len` bytes.
-        unsafe { bytes.set_len(len) };
-        Copied::Ready(Body::Memfd(Rc::new(
-            sealed_memfd(&bytes).map_err(|_| NotAdmitted::Io)?,
-        )))
     } else {
         let mut rc = Rc::<[u8]>::new_uninit_slice(len);
         let slot = Rc::get_mut(&mut rc).expect("a fresh Rc is unique");
