@@ -437,3 +437,56 @@ fn resident_memory_stays_within_budget() {
     let rss = kib("VmRSS:") * 1024;
     assert!(rss <= (16 + 64) << 20, "VmRSS {rss} bytes");
 }
+
+/// A hot framed entry (an 8-64 KiB body kept behind its rendered head) carries the current
+/// `Date` on every answer, across the second it was framed in and the seconds after, whether
+/// it was re-framed yet or not.
+#[test]
+fn framed_hits_always_carry_the_current_date() {
+    let fx = Fixture::new();
+    let (s, _m) = server_with_metrics(&fx, &[]);
+    let path = format!("/static/{HASHED_CSS}");
+    let body = fx.read_static(HASHED_CSS);
+    assert!(
+        body.len() > 8 << 10 && body.len() <= 64 << 10,
+        "{} bytes",
+        body.len()
+    );
+    // The server dates answers from the coarse realtime clock (a few ms behind the precise
+    // one); bracket each answer with the same clock.
+    let unix_now = || {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec.
+        assert_eq!(
+            unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) },
+            0
+        );
+        ts.tv_sec as u64
+    };
+    let mut c = Raw::connect(s.addr());
+    let mut seconds = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Three distinct seconds: the frame's own, then two that begin with an out-of-date frame.
+    while seconds.len() < 3 {
+        assert!(Instant::now() < deadline, "saw only {seconds:?}");
+        let before = unix_now();
+        c.send(request("GET", &path, &[]));
+        let r = c.read_response();
+        let after = unix_now();
+        r.assert_status(200).assert_body(&body);
+        let date = r.header("date").expect("a Date field");
+        let at = httpdate::parse_http_date(date)
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(
+            before <= at && at <= after,
+            "Date {date} outside [{before}, {after}]"
+        );
+        seconds.insert(at);
+    }
+}
