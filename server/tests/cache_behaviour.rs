@@ -1,6 +1,7 @@
 //! The hot-asset cache from outside: hits and misses in `/metrics`, byte-exact answers from
 //! the cache (plain, conditional, ranged, pipelined), invalidation of static and media files,
-//! `--prewarm`, `--cache-size 0`, bad flags, and the upload-churn reliability test.
+//! `--prewarm`, `--cache-size 0`, bad flags, framed hits' `Date`, head-only entries for large
+//! static files, and the upload-churn reliability test.
 
 mod common;
 
