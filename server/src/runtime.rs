@@ -82,12 +82,13 @@ fn choose_engine(choice: EngineChoice) -> Result<&'static str, String> {
 
 fn serve(config: &Config) -> Result<i32, String> {
     let engine_name = choose_engine(config.engine)?;
+    // Before the site: the cache sizes its descriptor share from the raised limit.
+    raise_fd_limit();
     let site = Arc::new(Site::new(config)?);
     let (listeners, bound) = engine::bind_listeners(&config.listen, config.workers)?;
     let shutdown =
         Arc::new(Shutdown::new().map_err(|e| format!("creating the shutdown eventfd: {e}"))?);
     block_stop_signals();
-    raise_fd_limit();
 
     log!(
         "bypass: engine {engine_name}, {} worker{}",

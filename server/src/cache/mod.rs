@@ -31,7 +31,7 @@ pub mod metrics;
 pub mod s3fifo;
 pub mod shards;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fs::File;
 use std::io;
 use std::mem::MaybeUninit;
@@ -89,8 +89,46 @@ const ENTRY_OVERHEAD: u64 = 256;
 pub struct Settings {
     /// Bytes each worker may hold; 0 disables the cache.
     pub per_worker: u64,
+    /// Memfd-backed entries each worker may hold (each is an open descriptor; see
+    /// [`memfds_per_worker`]).
+    pub memfds_per_worker: usize,
     pub prewarm: bool,
     pub telemetry: Arc<Telemetry>,
+}
+
+/// How many memfd-backed entries each of `workers` workers may hold: a quarter of the
+/// process's descriptor limit over all workers. Every body above [`MEMFD_ABOVE`] is an open
+/// memfd; without a bound, a large warm set of mid-sized files would hold enough of them to
+/// make `accept` fail for want of descriptors. The rest of the limit is for connections, the
+/// open-file cache and upstreams.
+pub fn memfds_per_worker(workers: usize) -> usize {
+    // SAFETY: getrlimit with a pointer to a live rlimit.
+    let soft = unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur
+        } else {
+            1024
+        }
+    };
+    usize::try_from(soft / 4).unwrap_or(usize::MAX) / workers.max(1)
+}
+
+/// One of a worker's memfd-backed entries, counted while the entry lives.
+#[derive(Debug)]
+struct MemfdSlot(Rc<Cell<usize>>);
+
+impl MemfdSlot {
+    fn take(live: &Rc<Cell<usize>>) -> MemfdSlot {
+        live.set(live.get() + 1);
+        MemfdSlot(Rc::clone(live))
+    }
+}
+
+impl Drop for MemfdSlot {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
 }
 
 /// Identity of a file's content as far as the kernel reports it.
@@ -161,6 +199,8 @@ pub struct Entry {
     pub vary_accept_encoding: bool,
     pub attachment: bool,
     pub sandbox: bool,
+    /// Held by entries whose body is in a memfd.
+    _memfd: Option<MemfdSlot>,
 }
 
 impl Entry {
@@ -457,7 +497,7 @@ pub struct EntrySpec<'a> {
 }
 
 /// An entry for `spec` with the `copied` body, its `200` head rendered.
-fn assemble(spec: &EntrySpec<'_>, copied: Copied) -> Option<Rc<Entry>> {
+fn assemble(spec: &EntrySpec<'_>, copied: Copied, memfd: Option<MemfdSlot>) -> Option<Rc<Entry>> {
     let mut rendered = Vec::with_capacity(512);
     crate::serve::file::render_ok_head(
         spec.stamp.len,
@@ -499,6 +539,7 @@ fn assemble(spec: &EntrySpec<'_>, copied: Copied) -> Option<Rc<Entry>> {
         vary_accept_encoding: spec.policy.vary_accept_encoding,
         attachment: spec.policy.attachment,
         sandbox: spec.policy.sandbox,
+        _memfd: memfd,
     }))
 }
 
@@ -508,6 +549,9 @@ pub struct Cache {
     max_entry: u64,
     stats: Arc<WorkerStats>,
     shards: Shards,
+    /// Memfd-backed entries alive, and how many may be.
+    memfds: Rc<Cell<usize>>,
+    max_memfds: usize,
 }
 
 impl Cache {
@@ -519,6 +563,8 @@ impl Cache {
             max_entry: MAX_ENTRY.min(settings.per_worker / 8),
             stats,
             shards: Shards::default(),
+            memfds: Rc::default(),
+            max_memfds: settings.memfds_per_worker,
         }
     }
 
@@ -605,20 +651,34 @@ impl Cache {
 
     /// Copies `file` in and renders its head; `None` (counted) if it cannot be admitted.
     pub fn build(&mut self, file: &File, spec: &EntrySpec<'_>) -> Option<Rc<Entry>> {
-        let copied = match copy_in(file, spec.stamp) {
+        self.build_at(file, spec, realtime_ns())
+    }
+
+    /// [`Cache::build`] as if the time were `now_ns` (for the racy-file rule).
+    fn build_at(&mut self, file: &File, spec: &EntrySpec<'_>, now_ns: i128) -> Option<Rc<Entry>> {
+        let needs_memfd = spec.stamp.len > MEMFD_ABOVE;
+        if needs_memfd && self.memfds.get() >= self.max_memfds {
+            self.stats.not_admitted.add(1);
+            return None;
+        }
+        let copied = match copy_in_at(file, spec.stamp, now_ns) {
             Ok(c) => c,
             Err(_) => {
                 self.stats.not_admitted.add(1);
                 return None;
             }
         };
-        assemble(spec, copied)
+        assemble(
+            spec,
+            copied,
+            needs_memfd.then(|| MemfdSlot::take(&self.memfds)),
+        )
     }
 
     /// Renders the head of a static representation whose body stays in its file
     /// ([`Body::Referenced`]).
     pub fn build_referenced(&mut self, spec: &EntrySpec<'_>) -> Option<Rc<Entry>> {
-        assemble(spec, Copied::Ready(Body::Referenced))
+        assemble(spec, Copied::Ready(Body::Referenced), None)
     }
 
     /// Stores an entry built by [`Cache::build`].
@@ -815,7 +875,7 @@ mod tests {
         let (entry, wire, segments) = (0..3)
             .find_map(|_| {
                 let second = date::current();
-                let entry = assemble(&spec, copy_in_at(&f, stamp, later()).unwrap()).unwrap();
+                let entry = assemble(&spec, copy_in_at(&f, stamp, later()).unwrap(), None).unwrap();
                 let mut out = Output::default();
                 entry.write_hit(ConnectionHeader::Default, false, None, &mut out);
                 let (wire, segments) = drain(&mut out);
@@ -893,6 +953,48 @@ mod tests {
         let mut out = Output::default();
         entry.push_range(&mut out, 10, 5, None);
         assert_eq!(drain(&mut out).0, &body[10..15]);
+    }
+
+    #[test]
+    fn memfd_backed_entries_are_bounded() {
+        let settings = Settings {
+            per_worker: 64 << 20,
+            memfds_per_worker: 2,
+            prewarm: false,
+            telemetry: Arc::default(),
+        };
+        let mut cache = Cache::new(&settings);
+        let policy = FilePolicy {
+            content_type: "text/css",
+            encoding: Encoding::Identity,
+            cache_control: b"max-age=60",
+            vary_accept_encoding: false,
+            attachment: false,
+            sandbox: false,
+            extra: &[],
+        };
+        let build = |cache: &mut Cache, len: usize| {
+            let f = file_with(&vec![7u8; len]);
+            let spec = EntrySpec {
+                mount: 0,
+                encoding: Encoding::Identity,
+                rel: "a.css",
+                stamp: Stamp::of(&f.metadata().unwrap()),
+                etag: b"\"x\"",
+                last_modified: 0,
+                policy,
+            };
+            cache.build_at(&f, &spec, later())
+        };
+        let framed = build(&mut cache, 20_000).unwrap();
+        let memfd = build(&mut cache, 100_000).unwrap();
+        assert!(matches!(framed.body, Body::Framed(_)));
+        assert!(matches!(memfd.body, Body::Memfd(_)));
+        // Two descriptors held: no third memfd, but heap entries still come in.
+        assert!(build(&mut cache, 20_000).is_none());
+        assert!(build(&mut cache, 1_000).is_some());
+        drop(framed);
+        assert!(build(&mut cache, 20_000).is_some());
     }
 
     #[test]

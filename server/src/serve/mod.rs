@@ -71,6 +71,7 @@ impl Site {
             immutable: config.immutable.clone(),
             cache: cache::Settings {
                 per_worker: config.cache_size / config.workers.max(1) as u64,
+                memfds_per_worker: cache::memfds_per_worker(config.workers),
                 prewarm: config.prewarm,
                 telemetry: Default::default(),
             },
