@@ -89,29 +89,12 @@ const ENTRY_OVERHEAD: u64 = 256;
 pub struct Settings {
     /// Bytes each worker may hold; 0 disables the cache.
     pub per_worker: u64,
-    /// Memfd-backed entries each worker may hold (each is an open descriptor; see
-    /// [`memfds_per_worker`]).
+    /// Memfd-backed entries each worker may hold: each is an open descriptor, and a large
+    /// warm set of mid-sized files would otherwise hold enough of them to make `accept` fail
+    /// (see [`crate::files::descriptor_share`]).
     pub memfds_per_worker: usize,
     pub prewarm: bool,
     pub telemetry: Arc<Telemetry>,
-}
-
-/// How many memfd-backed entries each of `workers` workers may hold: a quarter of the
-/// process's descriptor limit over all workers. Every body above [`MEMFD_ABOVE`] is an open
-/// memfd; without a bound, a large warm set of mid-sized files would hold enough of them to
-/// make `accept` fail for want of descriptors. The rest of the limit is for connections, the
-/// open-file cache and upstreams.
-pub fn memfds_per_worker(workers: usize) -> usize {
-    // SAFETY: getrlimit with a pointer to a live rlimit.
-    let soft = unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur
-        } else {
-            1024
-        }
-    };
-    usize::try_from(soft / 4).unwrap_or(usize::MAX) / workers.max(1)
 }
 
 /// One of a worker's memfd-backed entries, counted while the entry lives.

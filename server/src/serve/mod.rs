@@ -18,7 +18,7 @@ use crate::config::{Config, MountKind};
 use crate::files::manifest::Manifest;
 use crate::files::mount::{Mount, Mounts};
 use crate::files::open::{self, OpenError};
-use crate::files::{mime, path};
+use crate::files::{self, mime, path};
 use crate::http::request::{Method, Request};
 use crate::proxy::ProxySettings;
 use crate::proxy::head::Accel;
@@ -52,6 +52,8 @@ pub struct Site {
     immutable: Option<regex_lite::Regex>,
     /// The content cache's budget per worker and its telemetry.
     pub cache: cache::Settings,
+    /// Descriptors each worker's open-file cache may hold.
+    pub static_fds_per_worker: usize,
 }
 
 impl Site {
@@ -71,10 +73,11 @@ impl Site {
             immutable: config.immutable.clone(),
             cache: cache::Settings {
                 per_worker: config.cache_size / config.workers.max(1) as u64,
-                memfds_per_worker: cache::memfds_per_worker(config.workers),
+                memfds_per_worker: files::descriptor_share(config.workers),
                 prewarm: config.prewarm,
                 telemetry: Default::default(),
             },
+            static_fds_per_worker: files::descriptor_share(config.workers),
         })
     }
 }
@@ -96,7 +99,7 @@ impl Service {
             .iter()
             .map(|_| (u64::MAX, Arc::new(Manifest::default())))
             .collect();
-        let static_files = StaticFiles::new(site.mounts.iter().count());
+        let static_files = StaticFiles::new(site.mounts.iter().count(), site.static_fds_per_worker);
         let cache = Cache::new(&site.cache);
         let mut service = Service {
             site,

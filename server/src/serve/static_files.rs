@@ -20,6 +20,9 @@ use crate::http::date;
 
 /// Beyond this many paths per mount the cache starts over, bounding memory and descriptors.
 const MAX_ENTRIES: usize = 8192;
+// Descriptors are bounded too, by the worker's share of the descriptor limit: a tree of a few
+// thousand files with three compressed siblings each would otherwise hold more than many
+// hosts allow, and `accept` would fail for want of one.
 
 /// One representation of a static resource.
 #[derive(Debug)]
@@ -42,6 +45,11 @@ pub struct Resource {
 }
 
 impl Resource {
+    /// Open descriptors this resource holds.
+    fn descriptors(&self) -> usize {
+        self.reps.iter().flatten().count()
+    }
+
     /// The representation for a coding that [`negotiate::choose`](super::negotiate::choose)
     /// picked from `available`; identity always exists.
     pub fn representation(&self, encoding: Encoding) -> Rc<Representation> {
@@ -64,6 +72,9 @@ struct Entry {
 
 pub struct StaticFiles {
     per_mount: Vec<HashMap<Box<str>, Entry>>,
+    /// Descriptors held by each mount's entries, and the most all of them may hold.
+    descriptors: Vec<usize>,
+    max_descriptors: usize,
 }
 
 fn slot(e: Encoding) -> usize {
@@ -71,10 +82,18 @@ fn slot(e: Encoding) -> usize {
 }
 
 impl StaticFiles {
-    pub fn new(mounts: usize) -> Self {
+    /// A cache for `mounts` mounts holding at most `max_descriptors` open files.
+    pub fn new(mounts: usize, max_descriptors: usize) -> Self {
         StaticFiles {
             per_mount: (0..mounts).map(|_| HashMap::new()).collect(),
+            descriptors: vec![0; mounts],
+            max_descriptors,
         }
+    }
+
+    /// Descriptors the cache holds now.
+    pub fn descriptors(&self) -> usize {
+        self.descriptors.iter().sum()
     }
 
     /// The resource at `rel` of mount `index`, from the cache when checked within the last
@@ -93,10 +112,22 @@ impl StaticFiles {
             return Ok(entry.resource.clone());
         }
         let resource = load(mount, rel)?.map(Rc::new);
-        if map.len() >= MAX_ENTRIES {
-            map.clear();
+        let held = |e: &Entry| e.resource.as_ref().map_or(0, |r| r.descriptors());
+        if let Some(old) = self.per_mount[index].remove(rel) {
+            self.descriptors[index] -= held(&old);
         }
-        map.insert(
+        if self.per_mount[index].len() >= MAX_ENTRIES {
+            self.per_mount[index].clear();
+            self.descriptors[index] = 0;
+        }
+        let adding = resource.as_ref().map_or(0, |r| r.descriptors());
+        if self.descriptors() + adding > self.max_descriptors {
+            // Start over, as at MAX_ENTRIES: what is hot is opened again within a second.
+            self.per_mount.iter_mut().for_each(HashMap::clear);
+            self.descriptors.iter_mut().for_each(|d| *d = 0);
+        }
+        self.descriptors[index] += adding;
+        self.per_mount[index].insert(
             rel.into(),
             Entry {
                 checked_at: now,
@@ -151,4 +182,41 @@ fn load(mount: &Mount, rel: &str) -> io::Result<Option<Resource>> {
         available,
         reps,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{MountKind, MountSpec};
+
+    #[test]
+    fn open_descriptors_stay_within_the_share() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..6 {
+            std::fs::write(dir.path().join(format!("f{i}.css")), b"body").unwrap();
+            std::fs::write(dir.path().join(format!("f{i}.css.gz")), b"gz").unwrap();
+        }
+        let mount = Mount::open(&MountSpec {
+            prefix: "/static/".into(),
+            dir: dir.path().into(),
+            kind: MountKind::Static,
+        })
+        .unwrap();
+        // Two descriptors per file (identity and gzip); room for two files and a half.
+        let mut files = StaticFiles::new(1, 5);
+        for round in 0..3 {
+            for i in 0..6 {
+                let found = files.lookup(0, &mount, &format!("f{i}.css")).unwrap();
+                assert!(found.is_some(), "round {round}, file {i}");
+                assert!(files.descriptors() <= 5, "{} held", files.descriptors());
+            }
+        }
+        // Looking the same path up again within the second adds nothing.
+        let before = files.descriptors();
+        files.lookup(0, &mount, "f5.css").unwrap();
+        assert_eq!(files.descriptors(), before);
+        // Paths with nothing behind them hold none.
+        files.lookup(0, &mount, "missing.css").unwrap();
+        assert_eq!(files.descriptors(), before);
+    }
 }
