@@ -828,14 +828,9 @@ mod tests {
         (bytes, segments)
     }
 
-    #[test]
-    fn a_framed_entry_is_one_file_range_with_todays_head() {
-        let body: Vec<u8> = (0..MEMFD_ABOVE as usize * 2)
-            .map(|i| (i % 251) as u8)
-            .collect();
-        let f = file_with(&body);
-        let stamp = Stamp::of(&f.metadata().unwrap());
-        let policy = FilePolicy {
+    /// A plain stylesheet's policy, for entries built in tests.
+    fn css_policy() -> FilePolicy<'static> {
+        FilePolicy {
             content_type: "text/css",
             encoding: Encoding::Identity,
             cache_control: b"max-age=60",
@@ -843,7 +838,17 @@ mod tests {
             attachment: false,
             sandbox: false,
             extra: &[],
-        };
+        }
+    }
+
+    #[test]
+    fn a_framed_entry_is_one_file_range_with_todays_head() {
+        let body: Vec<u8> = (0..MEMFD_ABOVE as usize * 2)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let f = file_with(&body);
+        let stamp = Stamp::of(&f.metadata().unwrap());
+        let policy = css_policy();
         let spec = EntrySpec {
             mount: 0,
             encoding: Encoding::Identity,
@@ -947,15 +952,7 @@ mod tests {
             telemetry: Arc::default(),
         };
         let mut cache = Cache::new(&settings);
-        let policy = FilePolicy {
-            content_type: "text/css",
-            encoding: Encoding::Identity,
-            cache_control: b"max-age=60",
-            vary_accept_encoding: false,
-            attachment: false,
-            sandbox: false,
-            extra: &[],
-        };
+        let policy = css_policy();
         let build = |cache: &mut Cache, len: usize| {
             let f = file_with(&vec![7u8; len]);
             let spec = EntrySpec {
