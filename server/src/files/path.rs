@@ -2,6 +2,8 @@
 
 use std::borrow::Cow;
 
+use crate::http::hex_digit;
+
 /// Why a request-target cannot name a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PathError {
@@ -164,8 +166,8 @@ fn percent_decode(raw: &[u8]) -> Result<Vec<u8>, PathError> {
     let mut i = 0;
     while let Some(&b) = raw.get(i) {
         if b == b'%' {
-            let hi = raw.get(i + 1).and_then(|&c| hex_value(c));
-            let lo = raw.get(i + 2).and_then(|&c| hex_value(c));
+            let hi = raw.get(i + 1).and_then(|&c| hex_digit(c));
+            let lo = raw.get(i + 2).and_then(|&c| hex_digit(c));
             let (Some(hi), Some(lo)) = (hi, lo) else {
                 return Err(PathError::BadRequest);
             };
@@ -181,15 +183,6 @@ fn percent_decode(raw: &[u8]) -> Result<Vec<u8>, PathError> {
         }
     }
     Ok(out)
-}
-
-fn hex_value(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@
 //! requests get smuggled: sizes are hex digits only and may not overflow, every line ends in
 //! CRLF (never a bare LF), and extensions and trailers are bounded and dropped.
 
+use crate::http::hex_digit;
+
 /// Longest chunk-size line (size and extensions) or trailer section accepted.
 const MAX_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 16 * 1024;
@@ -101,7 +103,7 @@ impl ChunkedDecoder {
             let b = input[i];
             match self.state {
                 State::Size { digits } => {
-                    if let Some(v) = hex_value(b) {
+                    if let Some(v) = hex_digit(b) {
                         // Leading zeros are harmless (and bounded by the line limit); a digit
                         // that would shift bits out is an overflow.
                         if self.remaining >> 60 != 0 {
@@ -228,15 +230,6 @@ impl ChunkedDecoder {
         } else {
             Ok(())
         }
-    }
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
     }
 }
 
