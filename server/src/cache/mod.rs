@@ -19,8 +19,8 @@
 //!   same timestamp tick would be invisible to the stat check, as with git's "racily clean"
 //!   index entries).
 //! - Each entry holds its pre-rendered head with the `Date` value spliced in at hit time
-//!   ([`Entry::write_hit`]); a framed entry's memfd is re-made with the new date on the first
-//!   hit of each second.
+//!   ([`Entry::write_hit`]); a framed entry's memfd is re-made with the new date once the
+//!   entry has [`REFRAME_AFTER`] hits in a new second.
 //!
 //! Invalidation is done by the caller ([`crate::serve`]): static entries are checked on every
 //! hit against the open-file cache's metadata (revalidated each second) and dropped per mount
@@ -64,7 +64,8 @@ pub const MEMFD_ABOVE: u64 = 8 << 10;
 /// Bodies above [`MEMFD_ABOVE`] and up to this are kept framed ([`Body::Framed`]): the memfd
 /// holds the `200` head, date included, right before the body, so that a plain hit is one
 /// sendfile instead of a send of the head and a sendfile of the body. The frame is re-made
-/// on the first hit of each second, a copy that is cheap only for bodies this small.
+/// for each second an entry is hot in (see [`REFRAME_AFTER`]), a copy that is cheap only for
+/// bodies this small.
 pub const FRAMED_MAX: u64 = 64 << 10;
 /// A frame is re-made for the new second on this many hits in it: re-making one (a memfd
 /// created, the body copied, sealed) costs ~15-20 µs, what framing saves on 20-30 hits, so an
