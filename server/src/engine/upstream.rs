@@ -1,7 +1,7 @@
 //! Upstream connections to the app server, shared by the engines: opening them (non-blocking
 //! connect over TCP or a unix socket), each worker's pool of idle keep-alive connections, and
-//! [`pump`], which moves bytes between one upstream socket and the
-//! [`Conn`](crate::conn::Conn) whose request it carries.
+//! [`Upstreams::pump`], which moves bytes between one upstream socket and the
+//! [`Conn`] whose request it carries.
 //!
 //! Engines differ only in how they learn that a socket is ready: epoll registers it once,
 //! edge-triggered; io_uring arms a one-shot poll for what [`Pumped::Wait`] asks. Both keep the

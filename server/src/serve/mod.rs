@@ -1,6 +1,6 @@
 //! The response decision: given a parsed request and what is on disk, which status, which
 //! headers and which bytes. The pieces that decide are pure ([`conditional`], [`range`],
-//! [`negotiate`], [`file`]); [`Service`] ties them to the files of the mounts.
+//! [`negotiate`], [`file`](mod@file)); [`Service`] ties them to the files of the mounts.
 
 pub mod conditional;
 pub mod file;
