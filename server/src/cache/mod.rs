@@ -19,14 +19,16 @@
 //!   same timestamp tick would be invisible to the stat check, as with git's "racily clean"
 //!   index entries).
 //! - Each entry holds its pre-rendered head with the `Date` value spliced in at hit time
-//!   ([`Entry::write_hit`]); a framed entry's memfd is re-made with the new date once the
-//!   entry has [`REFRAME_AFTER`] hits in a new second.
+//!   ([`Entry::write_hit`]); a framed entry hit [`REFRAME_AFTER`] times in a later second has
+//!   its whole reply for that second written once into the worker's [`Arena`] (huge-page
+//!   memory, never rewritten, sent by reference with vmsplice), carved out of the budget.
 //!
 //! Invalidation is done by the caller ([`crate::serve`]): static entries are checked on every
 //! hit against the open-file cache's metadata (revalidated each second) and dropped per mount
 //! when the manifest reloads; media entries are checked with one `fstatat` on every hit
 //! ([`crate::files::open::stat_at`]), so a changed upload is never served from the cache.
 
+pub mod arena;
 pub mod metrics;
 pub mod s3fifo;
 pub mod shards;
@@ -44,6 +46,7 @@ use crate::http::date;
 use crate::serve::file::FilePolicy;
 use crate::serve::negotiate::Encoding;
 use crate::serve::reply::{ConnectionHeader, Output};
+use arena::{Arena, HotFrame, Pinned};
 use metrics::{Telemetry, WorkerStats};
 use s3fifo::S3Fifo;
 use shards::Shards;
@@ -67,10 +70,14 @@ pub const MEMFD_ABOVE: u64 = 8 << 10;
 /// for each second an entry is hot in (see [`REFRAME_AFTER`]), a copy that is cheap only for
 /// bodies this small.
 pub const FRAMED_MAX: u64 = 64 << 10;
-/// A frame is re-made for the new second on this many hits in it: re-making one (a memfd
-/// created, the body copied, sealed) costs ~15-20 µs, what framing saves on 20-30 hits, so an
-/// entry hit a few times a second is not worth it and is served as head plus body range.
-pub const REFRAME_AFTER: u32 = 16;
+/// A frame is made for a new second on this many hits in it: making one (head and body
+/// copied into the worker's [`Arena`], ~2-3 µs for 23 KB) costs what framing saves on two or
+/// three hits, so an entry hit once or twice a second is served as head plus body range.
+pub const REFRAME_AFTER: u32 = 4;
+/// The share of a worker's budget set aside for frames (`per_worker / FRAMES_SHARE`, in whole
+/// [`arena::CHUNK`]s; none below one chunk): 16 MiB of the default 256 MiB on one worker,
+/// room for ~700 hot 23 KB files per second.
+pub const FRAMES_SHARE: u64 = 16;
 /// Largest static representation copied in; larger ones are cached as their rendered head
 /// only ([`Body::Referenced`]). A static file is already open (the per-worker open-file
 /// cache) and its pages are in the page cache, so a plain copy of it gains nothing: measured on
@@ -154,13 +161,18 @@ pub enum Body {
     Referenced,
 }
 
-/// A sealed memfd holding the rendered `200` head for one second (its `Date`), then the body.
+/// A framed entry's bytes: a sealed memfd holding the `200` head rendered when the entry was
+/// made (for that second: its `Date`), then the body; and, for a later second in which the
+/// entry is hot, the same reply with that second's date in the worker's [`Arena`].
 #[derive(Debug)]
 pub struct Frame {
     file: Rc<File>,
     head_len: u64,
+    /// The second the memfd's head names.
     date: [u8; date::LEN],
-    /// Hits since the second changed (and which second), while the frame is out of date.
+    /// This second's reply, once the entry had [`REFRAME_AFTER`] hits in it.
+    hot: Option<HotFrame>,
+    /// Hits since the second changed (and which second), while no frame is up to date.
     stale_hits: ([u8; date::LEN], u32),
 }
 
@@ -222,12 +234,15 @@ impl Entry {
 
     /// Appends the whole `200` reply: the stored head with the current date and the
     /// connection's `Connection` field, then the body unless `head_only`. `file` is the
-    /// representation's open file, where the body of a [`Body::Referenced`] entry comes from.
+    /// representation's open file, where the body of a [`Body::Referenced`] entry comes from;
+    /// `frames` is the worker's frame memory, where a hot framed entry's reply is made for the
+    /// second.
     pub fn write_hit(
         &self,
         connection: ConnectionHeader,
         head_only: bool,
         file: Option<&Rc<File>>,
+        frames: &mut Arena,
         out: &mut Output,
     ) {
         if let Body::Framed(frame) = &self.body
@@ -236,21 +251,27 @@ impl Entry {
         {
             let today = date::current();
             let mut frame = frame.borrow_mut();
-            if frame.date != today {
-                if frame.stale_hits.0 != today {
-                    frame.stale_hits = (today, 0);
-                }
-                frame.stale_hits.1 += 1;
-                // A failure (no memory, no descriptors) leaves the old frame, whose body
-                // still serves below with a fresh head.
-                if frame.stale_hits.1 >= REFRAME_AFTER
-                    && let Ok(fresh) = self.reframe(&frame, today)
-                {
-                    *frame = fresh;
-                }
-            }
             if frame.date == today {
                 out.push_file(&frame.file, 0, frame.head_len + self.len(), true);
+                out.end_reply();
+                return;
+            }
+            if let Some(bytes) = frame.hot.as_ref().and_then(|hot| hot.get(&today)) {
+                out.push_pinned(bytes);
+                out.end_reply();
+                return;
+            }
+            if frame.stale_hits.0 != today {
+                frame.stale_hits = (today, 0);
+            }
+            frame.stale_hits.1 += 1;
+            // Without room in this second's frames, the head is rendered and the body sent
+            // from the memfd, as below.
+            if frame.stale_hits.1 >= REFRAME_AFTER
+                && let Some(bytes) = self.frame_for(&frame, today, frames)
+            {
+                frame.hot = Some(bytes.downgrade(today));
+                out.push_pinned(bytes);
                 out.end_reply();
                 return;
             }
@@ -262,26 +283,22 @@ impl Entry {
         out.end_reply();
     }
 
-    /// A new frame with `today`'s date, the body copied from `old`.
-    fn reframe(&self, old: &Frame, today: [u8; date::LEN]) -> io::Result<Frame> {
-        let len = usize::try_from(self.len()).map_err(|_| io::ErrorKind::InvalidData)?;
-        let mut bytes = Vec::with_capacity(self.head.len() + 2 + len);
-        splice_head(
-            &self.head,
-            self.date_at,
-            ConnectionHeader::Default,
-            &mut bytes,
-        );
-        let head_len = bytes.len();
-        bytes[self.date_at..self.date_at + date::LEN].copy_from_slice(&today);
-        bytes.resize(head_len + len, 0);
-        old.file
-            .read_exact_at(&mut bytes[head_len..], old.head_len)?;
-        Ok(Frame {
-            file: Rc::new(sealed_memfd(&bytes)?),
-            head_len: head_len as u64,
-            date: today,
-            stale_hits: (today, 0),
+    /// The reply for `today` in `frames`: the head with today's date, then the body, read from
+    /// the memfd of `framed`. `None` if there is no room this second or the read fails.
+    fn frame_for(
+        &self,
+        framed: &Frame,
+        today: [u8; date::LEN],
+        frames: &mut Arena,
+    ) -> Option<Pinned> {
+        let len = usize::try_from(self.len()).ok()?;
+        let head_len = self.head.len() + 2;
+        frames.store(today, head_len + len, |buf| {
+            let (head, body) = buf.split_at_mut(head_len);
+            head[..self.head.len()].copy_from_slice(&self.head);
+            head[self.date_at..self.date_at + date::LEN].copy_from_slice(&today);
+            head[self.head.len()..].copy_from_slice(b"\r\n");
+            framed.file.read_exact_at(body, framed.head_len)
         })
     }
 
@@ -504,6 +521,7 @@ fn assemble(spec: &EntrySpec<'_>, copied: Copied, memfd: Option<MemfdSlot>) -> O
                 file: Rc::new(sealed_memfd(&framed).ok()?),
                 head_len,
                 date: today,
+                hot: None,
                 stale_hits: (today, 0),
             }))
         }
@@ -536,20 +554,32 @@ pub struct Cache {
     /// Memfd-backed entries alive, and how many may be.
     memfds: Rc<Cell<usize>>,
     max_memfds: usize,
+    /// This second's frames of hot framed entries, carved out of the budget.
+    frames: Arena,
+    /// The frame memory last counted in the resident bytes.
+    published_frames: u64,
 }
 
 impl Cache {
     pub fn new(settings: &Settings) -> Cache {
         let stats = settings.telemetry.register();
         stats.capacity_bytes.set(settings.per_worker);
+        let frames = Arena::new(settings.per_worker / FRAMES_SHARE);
         Cache {
-            fifo: S3Fifo::new(settings.per_worker),
+            fifo: S3Fifo::new(settings.per_worker - frames.capacity()),
             max_entry: MAX_ENTRY.min(settings.per_worker / 8),
             stats,
             shards: Shards::default(),
             memfds: Rc::default(),
             max_memfds: settings.memfds_per_worker,
+            frames,
+            published_frames: 0,
         }
+    }
+
+    /// The worker's frame memory, for [`Entry::write_hit`].
+    pub fn frames(&mut self) -> &mut Arena {
+        &mut self.frames
     }
 
     pub fn enabled(&self) -> bool {
@@ -585,6 +615,9 @@ impl Cache {
     pub fn record_hit(&mut self, key: u64, size: u64, body_bytes: u64) {
         self.stats.hit(body_bytes);
         self.sample(key, size);
+        if self.frames.mapped() != self.published_frames {
+            self.publish();
+        }
     }
 
     pub fn record_miss(&mut self, key: u64, size: u64) {
@@ -678,8 +711,11 @@ impl Cache {
         self.fifo.capacity() - self.fifo.weight().min(self.fifo.capacity())
     }
 
-    fn publish(&self) {
-        self.stats.resident_bytes.set(self.fifo.weight());
+    fn publish(&mut self) {
+        self.published_frames = self.frames.mapped();
+        self.stats
+            .resident_bytes
+            .set(self.fifo.weight() + self.published_frames);
         self.stats.entries.set(self.fifo.len() as u64);
     }
 }
@@ -824,6 +860,7 @@ mod tests {
                     file.read_exact_at(&mut part, offset).unwrap();
                     bytes.extend_from_slice(&part);
                 }
+                crate::serve::reply::Segment::Pinned(p) => bytes.extend_from_slice(p.bytes()),
             }
         }
         (bytes, segments)
@@ -866,7 +903,13 @@ mod tests {
                 let second = date::current();
                 let entry = assemble(&spec, copy_in_at(&f, stamp, later()).unwrap(), None).unwrap();
                 let mut out = Output::default();
-                entry.write_hit(ConnectionHeader::Default, false, None, &mut out);
+                entry.write_hit(
+                    ConnectionHeader::Default,
+                    false,
+                    None,
+                    &mut Arena::new(0),
+                    &mut out,
+                );
                 let (wire, segments) = drain(&mut out);
                 (date::current() == second).then_some((entry, wire, segments))
             })
@@ -891,12 +934,24 @@ mod tests {
         // HEAD, and another Connection field: the head from the template, the body (if any)
         // from the frame past its head.
         let mut out = Output::default();
-        entry.write_hit(ConnectionHeader::Default, true, None, &mut out);
+        entry.write_hit(
+            ConnectionHeader::Default,
+            true,
+            None,
+            &mut Arena::new(0),
+            &mut out,
+        );
         let (wire, _) = drain(&mut out);
         assert_eq!(wire.len(), head_len);
         assert!(wire.ends_with(b"\r\n\r\n"));
         let mut out = Output::default();
-        entry.write_hit(ConnectionHeader::Close, false, None, &mut out);
+        entry.write_hit(
+            ConnectionHeader::Close,
+            false,
+            None,
+            &mut Arena::new(0),
+            &mut out,
+        );
         let (wire, segments) = drain(&mut out);
         assert_eq!(segments, 2);
         assert!(wire.ends_with(&body));
@@ -906,39 +961,52 @@ mod tests {
                 .contains("Connection: close\r\n")
         );
 
-        // A new second: a new frame with the new date and the same body.
+        // A frame for another second: that date, the same body, in the arena.
         let Body::Framed(frame) = &entry.body else {
             unreachable!()
         };
+        let mut frames = Arena::new(arena::CHUNK as u64);
         let tomorrow = date::format(4_000_000_000);
-        let fresh = entry.reframe(&frame.borrow(), tomorrow).unwrap();
-        assert_eq!(fresh.head_len, head_len as u64);
-        let mut framed = vec![0u8; head_len + body.len()];
-        fresh.file.read_exact_at(&mut framed, 0).unwrap();
-        assert_eq!(&framed[date.clone()], &tomorrow);
-        assert_eq!(&framed[head_len..], &body[..]);
-        assert!(fresh.file.write_at(b"x", 0).is_err());
-        // Today, with the frame out of date: head and body range, until enough hits in one
-        // second make a new frame worth it. (A second ticking mid-way restarts the count:
-        // then try again, with an out-of-date frame again.)
-        let attempt = || -> Option<()> {
-            let out_of_date = entry.reframe(&frame.borrow(), tomorrow).unwrap();
-            *frame.borrow_mut() = out_of_date;
+        let framed = entry
+            .frame_for(&frame.borrow(), tomorrow, &mut frames)
+            .unwrap();
+        assert_eq!(framed.len(), head_len + body.len());
+        assert_eq!(&framed.bytes()[date.clone()], &tomorrow);
+        assert_eq!(&framed.bytes()[..date.start], &want[..date.start]);
+        assert_eq!(&framed.bytes()[date.end..], &want[date.end..]);
+        // A frame still held counts against the arena's room (as a stalled send's would).
+        drop(framed);
+
+        // Today, with the memfd's head out of date: head and body range, until enough hits in
+        // one second make a frame worth it; then that frame, with today's date. Without room
+        // for frames, always head and body range. (A second ticking mid-way restarts the
+        // count: then try again.)
+        let attempt = |frames: &mut Arena, room: bool| -> Option<()> {
+            {
+                let mut f = frame.borrow_mut();
+                f.date = tomorrow;
+                f.hot = None;
+            }
             let second = date::current();
-            for hit in 1..=REFRAME_AFTER {
+            for hit in 1..=REFRAME_AFTER + 2 {
                 let mut out = Output::default();
-                entry.write_hit(ConnectionHeader::Default, false, None, &mut out);
+                entry.write_hit(ConnectionHeader::Default, false, None, frames, &mut out);
+                let pinned = matches!(out.front(), Some(crate::serve::reply::Segment::Pinned(_)));
                 let (wire, segments) = drain(&mut out);
                 if date::current() != second {
                     return None;
                 }
-                assert_eq!(segments, if hit < REFRAME_AFTER { 2 } else { 1 });
+                let framed = room && hit >= REFRAME_AFTER;
+                assert_eq!(segments, if framed { 1 } else { 2 });
+                assert_eq!(pinned, framed);
                 assert_eq!(&wire[date.clone()], &second);
+                assert_eq!(wire.len(), want.len());
                 assert!(wire.ends_with(&body));
             }
             Some(())
         };
-        assert!((0..3).any(|_| attempt().is_some()));
+        assert!((0..3).any(|_| attempt(&mut frames, true).is_some()));
+        assert!((0..3).any(|_| attempt(&mut Arena::new(0), false).is_some()));
         let mut out = Output::default();
         entry.push_range(&mut out, 10, 5, None);
         assert_eq!(drain(&mut out).0, &body[10..15]);

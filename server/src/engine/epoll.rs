@@ -28,7 +28,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::transmit::{self, FileRange, SEND_CHUNK};
+use super::transmit::{self, FileRange, SEND_CHUNK, Stream};
 use super::upstream::{self, Pumped, Upstreams};
 use super::{Engine, LINGER_SECS, Shutdown, Timeouts, Worker, set_int_option};
 use crate::conn::{Conn, Phase};
@@ -184,16 +184,6 @@ fn send(fd: RawFd, buf: &[u8], more: bool) -> Result<usize, i32> {
     if n < 0 { Err(errno()) } else { Ok(n as usize) }
 }
 
-fn sendfile(socket: RawFd, file: RawFd, offset: u64, count: usize) -> Result<usize, i32> {
-    let Ok(mut off) = libc::off_t::try_from(offset) else {
-        return Err(libc::EINVAL);
-    };
-    // SAFETY: passes a pointer to a live off_t, which sendfile updates; both descriptors are
-    // open for the duration of the call.
-    let n = unsafe { libc::sendfile(socket, file, &mut off, count) };
-    if n < 0 { Err(errno()) } else { Ok(n as usize) }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     Open,
@@ -277,7 +267,7 @@ struct Connection {
     send_buf: Vec<u8>,
     sent: usize,
     /// A file range being sent with sendfile; goes out after `send_buf`.
-    stream: Option<FileRange>,
+    stream: Option<Stream>,
     /// Something was filled since the last `Conn::output_drained`.
     had_output: bool,
     /// A file turned out shorter than promised: close after what is owed.
@@ -427,13 +417,7 @@ impl Connection {
                 if budget.bytes == 0 {
                     return Flush::Yield;
                 }
-                let count = stream.len.min(budget.bytes as u64) as usize;
-                match sendfile(
-                    self.fd.as_raw_fd(),
-                    stream.file.as_raw_fd(),
-                    stream.offset,
-                    count,
-                ) {
+                match stream.send(self.fd.as_raw_fd(), budget.bytes) {
                     Ok(0) => {
                         // The file is shorter than the length promised in the head: end the
                         // connection after what was sent, so the body never looks complete.
@@ -442,11 +426,9 @@ impl Connection {
                         self.conn.output.clear();
                     }
                     Ok(n) => {
-                        stream.offset += n as u64;
-                        stream.len -= n as u64;
                         budget.bytes -= n;
                         self.last_progress = cx.now;
-                        if stream.len == 0 {
+                        if stream.is_empty() {
                             self.stream = None;
                         }
                         // A short transfer usually means the socket is full, but it can also be
@@ -458,16 +440,22 @@ impl Connection {
                     }
                     Err(libc::EINTR) => {}
                     Err(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
-                        // This file cannot be sent with sendfile: send it, and the rest of this
-                        // connection's files, through the buffer instead. An error means that
+                        // This cannot be sent by reference: send it, and the rest of this
+                        // connection's output, through the buffer instead. An error means that
                         // nothing was transferred, so the range is intact.
-                        if let Some(FileRange { file, offset, len }) = self.stream.take() {
-                            self.conn.output.push_front(Segment::File {
-                                file,
-                                offset,
-                                len,
-                                by_reference: true,
-                            });
+                        match self.stream.take() {
+                            Some(Stream::File(FileRange { file, offset, len })) => {
+                                self.conn.output.push_front(Segment::File {
+                                    file,
+                                    offset,
+                                    len,
+                                    by_reference: true,
+                                });
+                            }
+                            Some(Stream::Pinned(bytes)) => {
+                                self.conn.output.push_front(Segment::Pinned(bytes));
+                            }
+                            None => {}
                         }
                         self.zero_copy = false;
                     }

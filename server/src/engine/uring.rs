@@ -154,7 +154,7 @@ struct Connection {
     peer_eof: bool,
     last_progress: u64,
     /// A large file range being sent with sendfile.
-    stream: Option<transmit::FileRange>,
+    stream: Option<transmit::Stream>,
     /// The upstream connection carrying this connection's request to the app.
     upstream: Option<usize>,
     /// The next upstream must be a new connection (a pooled one failed).
@@ -857,35 +857,23 @@ enum Streamed {
     Failed,
 }
 
-/// Sends as much of the connection's file range as the socket takes, up to one turn.
+/// Sends as much of the connection's stream as the socket takes, up to one turn.
 fn stream_file(c: &mut Connection) -> Streamed {
     let Some(stream) = c.stream.as_mut() else {
         return Streamed::Done;
     };
     let mut this_turn = 0u64;
-    while stream.len > 0 {
+    while !stream.is_empty() {
         if this_turn >= SENDFILE_TURN {
             return Streamed::Blocked;
         }
-        let mut offset = stream.offset as libc::off_t;
-        let want = stream.len.min(SENDFILE_TURN) as usize;
-        // SAFETY: both descriptors are open and owned by this connection; `offset` is a live
-        // off_t that sendfile updates.
-        let n = unsafe { libc::sendfile(c.fd, stream.file.as_raw_fd(), &mut offset, want) };
-        if n > 0 {
-            stream.offset += n as u64;
-            stream.len -= n as u64;
-            this_turn += n as u64;
-            continue;
+        match stream.send(c.fd, SENDFILE_TURN as usize) {
+            Ok(0) => return Streamed::Truncated,
+            Ok(n) => this_turn += n as u64,
+            Err(libc::EAGAIN) => return Streamed::Blocked,
+            Err(libc::EINTR) => {}
+            Err(_) => return Streamed::Failed,
         }
-        if n == 0 {
-            return Streamed::Truncated;
-        }
-        return match io::Error::last_os_error().raw_os_error() {
-            Some(libc::EAGAIN) => Streamed::Blocked,
-            Some(libc::EINTR) => continue,
-            _ => Streamed::Failed,
-        };
     }
     c.stream = None;
     Streamed::Done

@@ -226,7 +226,7 @@ impl Service {
     ) {
         let head_only = req.method == Method::Head;
         if plain(req) {
-            entry.write_hit(connection, head_only, file, out);
+            entry.write_hit(connection, head_only, file, self.cache.frames(), out);
             let sent = if head_only { 0 } else { entry.len() };
             self.cache.record_hit(key, entry.len(), sent);
             return;

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::rc::Rc;
 
+use crate::cache::arena::Pinned;
 use crate::http::request::Version;
 use crate::http::response::Head;
 
@@ -34,6 +35,9 @@ pub enum Segment {
         offset: usize,
         len: usize,
     },
+    /// Bytes that are never written again while the kernel may hold their pages (a cached
+    /// entry's frame, see [`crate::cache::arena`]): engines may send them by reference.
+    Pinned(Pinned),
 }
 
 /// The responses a connection owes its client, in order.
@@ -76,6 +80,12 @@ impl Output {
                 offset,
                 len,
             });
+        }
+    }
+
+    pub fn push_pinned(&mut self, bytes: Pinned) {
+        if !bytes.is_empty() {
+            self.segments.push_back(Segment::Pinned(bytes));
         }
     }
 
