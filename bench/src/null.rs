@@ -6,10 +6,11 @@
 //! It has the shape of bypass's io_uring engine (`server/src/engine/uring.rs`): one thread, one
 //! ring with SINGLE_ISSUER and DEFER_TASKRUN where the kernel has them, multishot accept,
 //! multishot receives into a provided buffer ring, and one `io_uring_enter` per loop turn.
-//! Small answers go out with io_uring sends (pipelined ones batched into one); large ones the
-//! way bypass and nginx send files, by non-blocking sendfile(2) from a memfd holding the answer,
-//! re-armed by a POLLOUT poll: copying them from user memory would make the floor higher than
-//! the servers standing on it.
+//! Small answers go out with io_uring sends (pipelined ones batched into one); larger ones the
+//! way bypass sends them, never copied (copying would make the floor higher than the servers
+//! standing on it): up to bypass's largest framed reply by reference from huge-page memory
+//! ([`send_pinned`], as bypass sends a hot cached reply), beyond that by sendfile(2) from a memfd
+//! (as bypass and nginx send large files); both non-blocking, re-armed by a POLLOUT poll.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -18,7 +19,11 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
+use bypass::cache::arena::{self, Arena, Pinned};
+use bypass::cache::{FRAMED_MAX, MEMFD_ABOVE};
+use bypass::engine::transmit::send_pinned;
 use bypass::engine::uring::bufring::BufRing;
+use bypass::http::date;
 
 const RING_ENTRIES: u32 = 1024;
 const BUF_GROUP: u16 = 0;
@@ -26,11 +31,15 @@ const RECV_BUF_SIZE: u32 = 4096;
 const RECV_BUFS: u16 = 512;
 /// Pipelined answers are copied into one buffer of up to this many bytes and sent together.
 const BATCH_BYTES: usize = 64 * 1024;
-/// Responses larger than this go out by sendfile from a memfd, as bypass sends its larger
-/// cached answers (head and body in one memfd, see bypass's `cache::FRAMED_MAX`): on a 23 KB
-/// answer one sendfile costs less server CPU than one send copying it (~7.5 against ~9.3 µs
-/// per request, 32 connections), so copying would put the floor above the servers on it.
-const SENDFILE_ABOVE: usize = 8 * 1024;
+/// Responses larger than this are sent by reference, as bypass sends cached bodies above
+/// [`MEMFD_ABOVE`]: on a 23 KB answer one sendfile costs less server CPU than one send copying
+/// it (~7.5 against ~9.3 µs per request, 32 connections), and vmsplice from huge-page memory
+/// less again (~0.9x of sendfile).
+const BY_REFERENCE_ABOVE: usize = MEMFD_ABOVE as usize;
+/// Largest response sent by vmsplice: bypass's largest framed reply (a body of
+/// [`FRAMED_MAX`] and its head). Larger ones go by sendfile from a memfd, as bypass sends
+/// large files.
+const PINNED_MAX: usize = FRAMED_MAX as usize + 4096;
 /// Most bytes one connection sends by sendfile before the others get a turn (as bypass does).
 const SENDFILE_TURN: usize = 1 << 20;
 
@@ -94,13 +103,21 @@ struct Conn {
     done: bool,
 }
 
+/// Where a response sent by reference lives.
+enum Large {
+    /// Huge-page memory that is never written again, for vmsplice.
+    Pinned(Pinned),
+    /// A memfd, for sendfile.
+    File(File),
+}
+
 struct Server {
     ring: IoUring,
     bufs: BufRing,
     listener: TcpListener,
     response: Box<[u8]>,
-    /// Large responses: the same bytes in a memfd, for sendfile.
-    file: Option<File>,
+    /// Larger responses: the same bytes, sent by reference from here or from the file.
+    large: Option<Large>,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
 }
@@ -119,7 +136,18 @@ pub fn serve(listener: TcpListener, response: Vec<u8>) -> io::Result<()> {
                 .build(RING_ENTRIES)
         })?;
     let bufs = BufRing::new(&ring, RECV_BUFS, RECV_BUF_SIZE, BUF_GROUP)?;
-    let file = if response.len() > SENDFILE_ABOVE {
+    let large = if response.len() <= BY_REFERENCE_ABOVE {
+        None
+    } else if response.len() <= PINNED_MAX {
+        // The frame keeps its chunk mapped for as long as the server lives.
+        let frame = Arena::new(arena::CHUNK as u64).store(date::current(), response.len(), |buf| {
+            buf.copy_from_slice(&response);
+            Ok(())
+        });
+        Some(Large::Pinned(frame.ok_or_else(|| {
+            io::Error::other("cannot map memory for the response")
+        })?))
+    } else {
         // SAFETY: a NUL-terminated name and valid flags; the result is checked.
         let fd = unsafe { libc::memfd_create(c"bypass-bench-null".as_ptr(), libc::MFD_CLOEXEC) };
         if fd < 0 {
@@ -128,15 +156,13 @@ pub fn serve(listener: TcpListener, response: Vec<u8>) -> io::Result<()> {
         // SAFETY: `fd` was just created and is owned by nothing else.
         let mut f = unsafe { File::from_raw_fd(fd) };
         f.write_all(&response)?;
-        Some(f)
-    } else {
-        None
+        Some(Large::File(f))
     };
     let mut server = Server {
         ring,
         bufs,
         listener,
-        file,
+        large,
         response: response.into_boxed_slice(),
         conns: Vec::new(),
         free: Vec::new(),
@@ -274,7 +300,7 @@ impl Server {
     }
 
     fn start_send(&mut self, slot: usize) {
-        if self.file.is_some() {
+        if self.large.is_some() {
             return self.stream(slot);
         }
         let Some(c) = self.conns[slot].as_mut() else {
@@ -305,15 +331,11 @@ impl Server {
         self.push(entry);
     }
 
-    /// Large answers: sendfile from the memfd until the socket is full, the connection had its
+    /// Large answers: sent by reference until the socket is full, the connection had its
     /// turn, or nothing is owed; then wait for POLLOUT.
     fn stream(&mut self, slot: usize) {
         let len = self.response.len();
-        let file = self
-            .file
-            .as_ref()
-            .expect("large answers have a memfd")
-            .as_raw_fd();
+        let large = self.large.as_ref().expect("large answers are kept apart");
         let Some(c) = self.conns[slot].as_mut() else {
             return;
         };
@@ -331,19 +353,33 @@ impl Server {
             if this_turn >= SENDFILE_TURN {
                 break;
             }
-            let mut off = c.offset as libc::off_t;
             let want = (len - c.offset).min(SENDFILE_TURN);
-            // SAFETY: both descriptors are open (the memfd lives as long as the server, the
-            // socket until `release_if_done`); `off` is a live off_t that sendfile updates.
-            let n = unsafe { libc::sendfile(c.fd, file, &mut off, want) };
-            if n > 0 {
-                c.offset = (c.offset + n as usize) % len;
-                this_turn += n as usize;
-                continue;
-            }
-            match io::Error::last_os_error().raw_os_error() {
-                Some(libc::EAGAIN) => break,
-                Some(libc::EINTR) => continue,
+            let sent = match large {
+                Large::Pinned(frame) => {
+                    send_pinned(c.fd, &frame.bytes()[c.offset..c.offset + want])
+                }
+                Large::File(file) => {
+                    let mut off = c.offset as libc::off_t;
+                    // SAFETY: both descriptors are open (the memfd lives as long as the server,
+                    // the socket until `release_if_done`); `off` is a live off_t that sendfile
+                    // updates.
+                    let n = unsafe { libc::sendfile(c.fd, file.as_raw_fd(), &mut off, want) };
+                    if n < 0 {
+                        Err(io::Error::last_os_error()
+                            .raw_os_error()
+                            .unwrap_or(libc::EIO))
+                    } else {
+                        Ok(n as usize)
+                    }
+                }
+            };
+            match sent {
+                Ok(n) if n > 0 => {
+                    c.offset = (c.offset + n) % len;
+                    this_turn += n;
+                }
+                Err(libc::EAGAIN) => break,
+                Err(libc::EINTR) => {}
                 _ => {
                     c.done = true;
                     return;
