@@ -112,16 +112,7 @@ impl SplicePipe {
     fn discard(&self, mut n: usize) -> bool {
         while n > 0 {
             // SAFETY: splices between descriptors we own; no user memory is involved.
-            let d = unsafe {
-                libc::splice(
-                    self.read.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    self.sink.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    n,
-                    0,
-                )
-            };
+            let d = unsafe { splice(self.read.as_raw_fd(), self.sink.as_raw_fd(), n, 0) };
             if d <= 0 {
                 return false;
             }
@@ -162,8 +153,7 @@ pub fn send_pinned(socket: RawFd, bytes: &[u8]) -> Result<usize, i32> {
             };
             // SAFETY: `iov` describes live memory that the caller promises is never written
             // again while pages of it may be in the pipe or on the socket.
-            let queued =
-                unsafe { libc::vmsplice(p.write.as_raw_fd(), &iov, 1, libc::SPLICE_F_NONBLOCK) };
+            let queued = unsafe { vmsplice(p.write.as_raw_fd(), &iov, libc::SPLICE_F_NONBLOCK) };
             if queued <= 0 {
                 // Nothing queued: the pipe is empty and unusable; copy instead.
                 *pipe = None;
@@ -175,16 +165,7 @@ pub fn send_pinned(socket: RawFd, bytes: &[u8]) -> Result<usize, i32> {
             }
             let queued = queued as usize;
             // SAFETY: splices from our pipe to the caller's socket; no user memory involved.
-            let n = unsafe {
-                libc::splice(
-                    p.read.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    socket,
-                    std::ptr::null_mut(),
-                    queued,
-                    libc::SPLICE_F_NONBLOCK,
-                )
-            };
+            let n = unsafe { splice(p.read.as_raw_fd(), socket, queued, libc::SPLICE_F_NONBLOCK) };
             let taken = n.max(0) as usize;
             sent += taken;
             if taken < queued {
@@ -201,6 +182,42 @@ pub fn send_pinned(socket: RawFd, bytes: &[u8]) -> Result<usize, i32> {
         }
         Ok(sent)
     })
+}
+
+// vmsplice(2) and splice(2) by number: glibc's wrappers are cancellation points, and entering
+// and leaving asynchronous-cancel mode around each call measured ~1% of the server's CPU on a
+// 23 KB hit. Nothing here uses thread cancellation.
+
+/// vmsplice(2) of one iovec. Safety: as for the system call; `iov` must describe memory the
+/// kernel may keep references to (see [`send_pinned`]).
+unsafe fn vmsplice(pipe: RawFd, iov: &libc::iovec, flags: libc::c_uint) -> isize {
+    // SAFETY: the caller's promise; the arguments have the types the system call takes.
+    unsafe {
+        libc::syscall(
+            libc::SYS_vmsplice,
+            pipe,
+            iov as *const libc::iovec,
+            1usize,
+            flags,
+        ) as isize
+    }
+}
+
+/// splice(2) of `len` bytes from the pipe `from` to `to`, at their current positions.
+/// Safety: as for the system call; both must be open descriptors.
+unsafe fn splice(from: RawFd, to: RawFd, len: usize, flags: libc::c_uint) -> isize {
+    // SAFETY: the caller's promise; null offsets mean the descriptors' own positions.
+    unsafe {
+        libc::syscall(
+            libc::SYS_splice,
+            from,
+            std::ptr::null_mut::<libc::loff_t>(),
+            to,
+            std::ptr::null_mut::<libc::loff_t>(),
+            len,
+            flags,
+        ) as isize
+    }
 }
 
 fn send_copy(socket: RawFd, bytes: &[u8]) -> Result<usize, i32> {
