@@ -1,7 +1,7 @@
 //! The hot-asset cache from outside: hits and misses in `/metrics`, byte-exact answers from
 //! the cache (plain, conditional, ranged, pipelined), invalidation of static and media files,
-//! `--prewarm`, `--cache-size 0`, bad flags, framed hits' `Date`, head-only entries for large
-//! static files, and the upload-churn reliability test.
+//! `--prewarm`, `--cache-size 0`, bad flags, framed hits' `Date`, pipelined hits from frame
+//! memory, head-only entries for large static files, and the upload-churn reliability test.
 
 mod common;
 
@@ -489,5 +489,45 @@ fn framed_hits_always_carry_the_current_date() {
             "Date {date} outside [{before}, {after}]"
         );
         seconds.insert(at);
+    }
+}
+
+/// Hot framed replies sent by reference from frame memory reach a pipelining client whole and
+/// in order, burst after burst across seconds, so that each later second's hits come from
+/// frame memory (seen in the resident bytes, which count its 2 MiB chunks): no reply may be cut,
+/// repeated, or carry bytes of another.
+#[test]
+fn framed_replies_from_frame_memory_reach_a_pipelining_client_whole() {
+    const BURST: usize = 64;
+    let fx = Fixture::new();
+    let (s, m) = server_with_metrics(&fx, &[]);
+    let path = format!("/static/{HASHED_CSS}");
+    let body = fx.read_static(HASHED_CSS);
+    assert!(body.len() > 8 << 10 && body.len() <= 64 << 10);
+    let mut c = Raw::connect(s.addr());
+    let burst = request("GET", &path, &[]).repeat(BURST);
+    let mut seconds = std::collections::BTreeSet::new();
+    let mut most_resident = 0.0f64;
+    let mut bursts = 0;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while seconds.len() < 3 || most_resident < (2 << 20) as f64 {
+        assert!(
+            Instant::now() < deadline,
+            "seconds {seconds:?}, resident at most {most_resident} bytes after {bursts} bursts"
+        );
+        c.send(&burst);
+        for i in 0..BURST {
+            let r = c.read_response();
+            r.assert_status(200);
+            assert!(
+                r.body == body,
+                "burst {bursts}, answer {i}: {} bytes that are not the file's {}",
+                r.body.len(),
+                body.len()
+            );
+            seconds.insert(r.header("date").expect("a Date field").to_string());
+        }
+        bursts += 1;
+        most_resident = most_resident.max(metric(&scrape(m), "bypass_cache_resident_bytes"));
     }
 }
