@@ -475,6 +475,18 @@ mod tests {
             .unwrap()
     }
 
+    /// Bytes in this thread's splice pipe; `None` if it is not in use (sends would copy).
+    fn pipe_bytes() -> Option<usize> {
+        SPLICE_PIPE.with_borrow(|slot| {
+            let pipe = slot.as_ref()?.as_ref()?;
+            let mut n: libc::c_int = 0;
+            // SAFETY: FIONREAD on our own pipe writes one c_int.
+            let rc = unsafe { libc::ioctl(pipe.read.as_raw_fd(), libc::FIONREAD, &mut n) };
+            assert_eq!(rc, 0);
+            Some(n as usize)
+        })
+    }
+
     #[test]
     fn pinned_streams_survive_a_full_socket_and_leave_the_pipe_empty() {
         use std::io::Read;
@@ -505,6 +517,7 @@ mod tests {
             }
         };
         assert_eq!(error, libc::EAGAIN);
+        assert_eq!(pipe_bytes(), Some(0), "after a full socket");
         assert!(sent > 0 && sent < frame.len(), "sent {sent}");
         assert_eq!(stream.len(), (frame.len() - sent) as u64);
         // Read while sending the rest; then a second frame: nothing left over in the pipe
@@ -524,6 +537,8 @@ mod tests {
                     Err(libc::EAGAIN) => std::thread::yield_now(),
                     Err(e) => panic!("send failed: errno {e}"),
                 }
+                // Still sending by reference, and nothing left behind in the pipe.
+                assert_eq!(pipe_bytes(), Some(0));
             }
         }
         let got = collect.join().unwrap();
