@@ -4,6 +4,7 @@
 
 pub mod conditional;
 pub mod file;
+mod memo;
 pub mod negotiate;
 pub mod range;
 pub mod reply;
@@ -19,11 +20,13 @@ use crate::files::manifest::Manifest;
 use crate::files::mount::{Mount, Mounts};
 use crate::files::open::{self, OpenError};
 use crate::files::{self, mime, path};
+use crate::http::date;
 use crate::http::request::{Method, Request};
 use crate::proxy::ProxySettings;
 use crate::proxy::head::Accel;
 use crate::serve::range::ByteRange;
 use file::{BodyPlan, FileMeta, FilePolicy};
+use memo::{Memo, Prepared, Resolution};
 use negotiate::Encoding;
 use reply::{ConnectionHeader, Output};
 use static_files::StaticFiles;
@@ -88,6 +91,7 @@ pub struct Service {
     site: Arc<Site>,
     manifests: Vec<(u64, Arc<Manifest>)>,
     static_files: StaticFiles,
+    memo: Memo,
     cache: Cache,
     boundary: String,
 }
@@ -105,6 +109,7 @@ impl Service {
             site,
             manifests,
             static_files,
+            memo: Memo::default(),
             cache,
             boundary: boundary(),
         };
@@ -271,6 +276,20 @@ impl Service {
     pub fn respond(&mut self, req: &Request<'_>, keep_alive: bool, out: &mut Output) -> Routed {
         let connection = ConnectionHeader::new(req.version, keep_alive);
         let head_only = req.method == Method::Head;
+        let memo_key = if matches!(req.method, Method::Get | Method::Head) {
+            self.memo
+                .prepare(req.target, req.headers.get_all("accept-encoding"))
+        } else {
+            None
+        };
+        if let Some(key) = memo_key
+            && let Some(hit) = self.memo.get(key, date::now_secs())
+        {
+            let site = Arc::clone(&self.site);
+            let mount = site.mounts.get(hit.mount);
+            self.serve_static(req, &site, mount, &hit, connection, out);
+            return Routed::Answered;
+        }
         let forwarding = self.site.proxy.is_some();
         let decoded = match path::decode_target(req.target) {
             Ok(p) => p,
@@ -312,7 +331,7 @@ impl Service {
         }
         match mount.kind {
             MountKind::Static => {
-                self.respond_static(req, &site, index, mount, rel, connection, out)
+                self.respond_static(req, &site, index, mount, rel, connection, memo_key, out)
             }
             MountKind::Media | MountKind::Internal => {
                 self.respond_media(req, &site, index, mount, rel, connection, None, out)
@@ -345,7 +364,7 @@ impl Service {
         let mount = site.mounts.get(index);
         match mount.kind {
             MountKind::Static => {
-                self.respond_static(req, &site, index, mount, rel, connection, out)
+                self.respond_static(req, &site, index, mount, rel, connection, None, out)
             }
             MountKind::Media | MountKind::Internal => {
                 self.respond_media(req, &site, index, mount, rel, connection, Some(accel), out)
@@ -353,6 +372,10 @@ impl Service {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
+    /// Resolves `rel` on a static mount to a representation, remembers the resolution for
+    /// this second under `memo_key` (the request's, when it came from the request's own
+    /// target), and answers with it.
     #[allow(clippy::too_many_arguments)]
     fn respond_static(
         &mut self,
@@ -362,15 +385,50 @@ impl Service {
         mount: &Mount,
         rel: &str,
         connection: ConnectionHeader,
+        memo_key: Option<Prepared>,
         out: &mut Output,
     ) {
         let head_only = req.method == Method::Head;
-        let entry = match self.static_files.lookup(index, mount, rel) {
-            Ok(Some(entry)) => entry,
+        // Read before the open-file cache looks at the disk, so that the memo never keeps a
+        // resolution into a second later than the one it was checked in.
+        let now = date::now_secs();
+        let resource = match self.static_files.lookup(index, mount, rel) {
+            Ok(Some(resource)) => resource,
             Ok(None) => return error(out, 404, "not found", connection, head_only),
             Err(e) => return server_error(out, &mount.dir, rel, &e, connection, head_only),
         };
-        let encoding = negotiate::choose(req.headers.get_all("accept-encoding"), entry.available);
+        let encoding =
+            negotiate::choose(req.headers.get_all("accept-encoding"), resource.available);
+        let resolved = Resolution {
+            mount: index,
+            rel: Rc::from(rel),
+            resource,
+            encoding,
+            cache_key: cache::key(index, encoding, rel),
+        };
+        self.serve_static(req, site, mount, &resolved, connection, out);
+        if let Some(key) = memo_key {
+            self.memo.put(key, now, resolved);
+        }
+    }
+
+    /// Answers with a resolved static representation: from the content cache when it holds
+    /// a current copy (or can take one), else from the file.
+    fn serve_static(
+        &mut self,
+        req: &Request<'_>,
+        site: &Site,
+        mount: &Mount,
+        resolved: &Resolution,
+        connection: ConnectionHeader,
+        out: &mut Output,
+    ) {
+        let (index, rel, entry, encoding) = (
+            resolved.mount,
+            &*resolved.rel,
+            &resolved.resource,
+            resolved.encoding,
+        );
         let rep = entry.representation(encoding);
         if let Some(watch) = mount.manifest.as_ref() {
             let slot = &mut self.manifests[index];
@@ -380,7 +438,7 @@ impl Service {
                 self.cache.drop_mount(index);
             }
         }
-        let key = cache::key(index, encoding, rel);
+        let key = resolved.cache_key;
         if self.cache.enabled() && self.cache.fits(rep.len) {
             let file = Some(&rep.file);
             if let Some(cached) = self.cache.lookup(key, index, encoding, rel) {
@@ -393,7 +451,7 @@ impl Service {
             self.cache.record_miss(key, rep.len);
             if self.cache.should_admit(key, rep.len) {
                 let policy =
-                    Self::static_policy(site, &self.manifests[index].1, rel, &entry, encoding);
+                    Self::static_policy(site, &self.manifests[index].1, rel, entry, encoding);
                 let spec = EntrySpec {
                     mount: index,
                     encoding,
@@ -414,7 +472,7 @@ impl Service {
                 }
             }
         }
-        let policy = Self::static_policy(site, &self.manifests[index].1, rel, &entry, encoding);
+        let policy = Self::static_policy(site, &self.manifests[index].1, rel, entry, encoding);
         let meta = FileMeta {
             len: rep.len,
             etag: &rep.etag,

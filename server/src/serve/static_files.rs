@@ -45,6 +45,15 @@ pub struct Resource {
 }
 
 impl Resource {
+    #[cfg(test)]
+    pub fn for_tests() -> Resource {
+        Resource {
+            content_type: "text/css",
+            available: EncodingSet::default(),
+            reps: Default::default(),
+        }
+    }
+
     /// Open descriptors this resource holds.
     fn descriptors(&self) -> usize {
         self.reps.iter().flatten().count()
