@@ -89,6 +89,11 @@ impl Site {
 /// cache of static mounts, manifest snapshots) that needs no locking.
 pub struct Service {
     site: Arc<Site>,
+    local: Local,
+}
+
+/// The worker's own state, apart from the shared site so that answering can borrow both.
+struct Local {
     manifests: Vec<(u64, Arc<Manifest>)>,
     static_files: StaticFiles,
     memo: Memo,
@@ -105,29 +110,135 @@ impl Service {
             .collect();
         let static_files = StaticFiles::new(site.mounts.iter().count(), site.static_fds_per_worker);
         let cache = Cache::new(&site.cache);
-        let mut service = Service {
-            site,
+        let mut local = Local {
             manifests,
             static_files,
             memo: Memo::default(),
             cache,
             boundary: boundary(),
         };
-        if service.site.cache.prewarm && service.cache.enabled() {
-            service.prewarm();
+        if site.cache.prewarm && local.cache.enabled() {
+            local.prewarm(&site);
         }
-        service
+        Service { site, local }
     }
 
     pub fn site(&self) -> &Arc<Site> {
         &self.site
     }
 
+    /// Appends the complete reply to `req` to `out`, or says that the request is the app's
+    /// (outside every mount, with an upstream configured). `keep_alive` is whether the
+    /// connection stays open after it (the request's wish, overruled by the connection when it
+    /// must close).
+    pub fn respond(&mut self, req: &Request<'_>, keep_alive: bool, out: &mut Output) -> Routed {
+        let connection = ConnectionHeader::new(req.version, keep_alive);
+        let head_only = req.method == Method::Head;
+        let memo_key = if matches!(req.method, Method::Get | Method::Head) {
+            self.local
+                .memo
+                .prepare(req.target, req.headers.get_all("accept-encoding"))
+        } else {
+            None
+        };
+        if let Some(key) = memo_key
+            && let Some(hit) = self.local.memo.get(key, date::now_secs())
+        {
+            let site = &*self.site;
+            let mount = site.mounts.get(hit.mount);
+            self.local
+                .serve_static(req, site, mount, &hit, connection, out);
+            return Routed::Answered;
+        }
+        let forwarding = self.site.proxy.is_some();
+        let decoded = match path::decode_target(req.target) {
+            Ok(p) => p,
+            // A target that is no file path may still be a fine URL for the app; one that
+            // names a mount is answered here.
+            Err(_) if forwarding && !self.site.mounts.claims(req.target) => return Routed::Forward,
+            Err(path::PathError::BadRequest) => {
+                error(out, 400, "bad request path", connection, head_only);
+                return Routed::Answered;
+            }
+            Err(path::PathError::NotFound) => {
+                error(out, 404, "not found", connection, head_only);
+                return Routed::Answered;
+            }
+        };
+        let Some((index, rel)) = self.site.mounts.route(&decoded) else {
+            if forwarding {
+                return Routed::Forward;
+            }
+            error(out, 404, "not found", connection, head_only);
+            return Routed::Answered;
+        };
+        let site = &*self.site;
+        let mount = site.mounts.get(index);
+        if mount.kind == MountKind::Internal {
+            error(out, 404, "not found", connection, head_only);
+            return Routed::Answered;
+        }
+        if !matches!(req.method, Method::Get | Method::Head) {
+            simple(
+                out,
+                405,
+                "method not allowed",
+                &[("Allow", "GET, HEAD")],
+                connection,
+                head_only,
+            );
+            return Routed::Answered;
+        }
+        match mount.kind {
+            MountKind::Static => self
+                .local
+                .respond_static(req, site, index, mount, rel, connection, memo_key, out),
+            MountKind::Media | MountKind::Internal => self
+                .local
+                .respond_media(req, site, index, mount, rel, connection, None, out),
+        }
+        Routed::Answered
+    }
+
+    /// Answers `req` with the file an app named in X-Accel-Redirect (on any mount, internal
+    /// ones included), keeping the fields the app set.
+    pub fn respond_accel(
+        &mut self,
+        req: &Request<'_>,
+        accel: &Accel,
+        keep_alive: bool,
+        out: &mut Output,
+    ) {
+        let connection = ConnectionHeader::new(req.version, keep_alive);
+        let head_only = req.method == Method::Head;
+        let uri = String::from_utf8_lossy(&accel.uri);
+        let Ok(decoded) = path::decode_target(&accel.uri) else {
+            log!("bypass: the app sent X-Accel-Redirect {uri:?}, which is no valid path");
+            return error(out, 500, "internal server error", connection, head_only);
+        };
+        let Some((index, rel)) = self.site.mounts.route(&decoded) else {
+            log!("bypass: the app sent X-Accel-Redirect {uri:?}, which is under no mount");
+            return error(out, 404, "not found", connection, head_only);
+        };
+        let site = &*self.site;
+        let mount = site.mounts.get(index);
+        match mount.kind {
+            MountKind::Static => self
+                .local
+                .respond_static(req, site, index, mount, rel, connection, None, out),
+            MountKind::Media | MountKind::Internal => {
+                self.local
+                    .respond_media(req, site, index, mount, rel, connection, Some(accel), out)
+            }
+        }
+    }
+}
+
+impl Local {
     /// Loads every static mount's hashed files (and their precompressed siblings) into the
     /// cache, stylesheets and scripts first, then images, then the rest, while they fit
     /// without evicting anything.
-    fn prewarm(&mut self) {
-        let site = Arc::clone(&self.site);
+    fn prewarm(&mut self, site: &Site) {
         for (index, mount) in site.mounts.iter().enumerate() {
             if mount.kind != MountKind::Static {
                 continue;
@@ -161,7 +272,7 @@ impl Service {
                         continue;
                     }
                     let policy = Self::static_policy(
-                        &site,
+                        site,
                         &self.manifests[index].1,
                         rel,
                         &resource,
@@ -267,109 +378,6 @@ impl Service {
         }
         out.end_reply();
         self.cache.record_hit(key, entry.len(), sent);
-    }
-
-    /// Appends the complete reply to `req` to `out`, or says that the request is the app's
-    /// (outside every mount, with an upstream configured). `keep_alive` is whether the
-    /// connection stays open after it (the request's wish, overruled by the connection when it
-    /// must close).
-    pub fn respond(&mut self, req: &Request<'_>, keep_alive: bool, out: &mut Output) -> Routed {
-        let connection = ConnectionHeader::new(req.version, keep_alive);
-        let head_only = req.method == Method::Head;
-        let memo_key = if matches!(req.method, Method::Get | Method::Head) {
-            self.memo
-                .prepare(req.target, req.headers.get_all("accept-encoding"))
-        } else {
-            None
-        };
-        if let Some(key) = memo_key
-            && let Some(hit) = self.memo.get(key, date::now_secs())
-        {
-            let site = Arc::clone(&self.site);
-            let mount = site.mounts.get(hit.mount);
-            self.serve_static(req, &site, mount, &hit, connection, out);
-            return Routed::Answered;
-        }
-        let forwarding = self.site.proxy.is_some();
-        let decoded = match path::decode_target(req.target) {
-            Ok(p) => p,
-            // A target that is no file path may still be a fine URL for the app; one that
-            // names a mount is answered here.
-            Err(_) if forwarding && !self.site.mounts.claims(req.target) => return Routed::Forward,
-            Err(path::PathError::BadRequest) => {
-                error(out, 400, "bad request path", connection, head_only);
-                return Routed::Answered;
-            }
-            Err(path::PathError::NotFound) => {
-                error(out, 404, "not found", connection, head_only);
-                return Routed::Answered;
-            }
-        };
-        let Some((index, rel)) = self.site.mounts.route(&decoded) else {
-            if forwarding {
-                return Routed::Forward;
-            }
-            error(out, 404, "not found", connection, head_only);
-            return Routed::Answered;
-        };
-        let site = Arc::clone(&self.site);
-        let mount = site.mounts.get(index);
-        if mount.kind == MountKind::Internal {
-            error(out, 404, "not found", connection, head_only);
-            return Routed::Answered;
-        }
-        if !matches!(req.method, Method::Get | Method::Head) {
-            simple(
-                out,
-                405,
-                "method not allowed",
-                &[("Allow", "GET, HEAD")],
-                connection,
-                head_only,
-            );
-            return Routed::Answered;
-        }
-        match mount.kind {
-            MountKind::Static => {
-                self.respond_static(req, &site, index, mount, rel, connection, memo_key, out)
-            }
-            MountKind::Media | MountKind::Internal => {
-                self.respond_media(req, &site, index, mount, rel, connection, None, out)
-            }
-        }
-        Routed::Answered
-    }
-
-    /// Answers `req` with the file an app named in X-Accel-Redirect (on any mount, internal
-    /// ones included), keeping the fields the app set.
-    pub fn respond_accel(
-        &mut self,
-        req: &Request<'_>,
-        accel: &Accel,
-        keep_alive: bool,
-        out: &mut Output,
-    ) {
-        let connection = ConnectionHeader::new(req.version, keep_alive);
-        let head_only = req.method == Method::Head;
-        let uri = String::from_utf8_lossy(&accel.uri);
-        let Ok(decoded) = path::decode_target(&accel.uri) else {
-            log!("bypass: the app sent X-Accel-Redirect {uri:?}, which is no valid path");
-            return error(out, 500, "internal server error", connection, head_only);
-        };
-        let Some((index, rel)) = self.site.mounts.route(&decoded) else {
-            log!("bypass: the app sent X-Accel-Redirect {uri:?}, which is under no mount");
-            return error(out, 404, "not found", connection, head_only);
-        };
-        let site = Arc::clone(&self.site);
-        let mount = site.mounts.get(index);
-        match mount.kind {
-            MountKind::Static => {
-                self.respond_static(req, &site, index, mount, rel, connection, None, out)
-            }
-            MountKind::Media | MountKind::Internal => {
-                self.respond_media(req, &site, index, mount, rel, connection, Some(accel), out)
-            }
-        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -563,7 +571,7 @@ impl Service {
     }
 }
 
-impl Service {
+impl Local {
     /// How an upload is served: never trusted, so sandboxed, and downloaded when active.
     fn media_policy<'s>(site: &'s Site, content_type: &'static str) -> FilePolicy<'s> {
         FilePolicy {
