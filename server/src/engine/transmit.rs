@@ -154,6 +154,10 @@ pub fn send_pinned(socket: RawFd, bytes: &[u8]) -> Result<usize, i32> {
             // SAFETY: `iov` describes live memory that the caller promises is never written
             // again while pages of it may be in the pipe or on the socket.
             let queued = unsafe { vmsplice(p.write.as_raw_fd(), &iov, libc::SPLICE_F_NONBLOCK) };
+            if queued < 0 && errno() == libc::EINTR {
+                // A signal, not a broken pipe: the pipe is still empty and good.
+                continue;
+            }
             if queued <= 0 {
                 // Nothing queued: the pipe is empty and unusable; copy instead.
                 *pipe = None;
