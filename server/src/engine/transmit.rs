@@ -224,7 +224,8 @@ unsafe fn splice(from: RawFd, to: RawFd, len: usize, flags: libc::c_uint) -> isi
     }
 }
 
-fn send_copy(socket: RawFd, bytes: &[u8]) -> Result<usize, i32> {
+/// One non-blocking send(2) of `bytes`, without SIGPIPE: the bytes taken, or the errno.
+pub(crate) fn send_copy(socket: RawFd, bytes: &[u8]) -> Result<usize, i32> {
     // SAFETY: `bytes` is live memory of `bytes.len()` bytes; send only reads it.
     let n = unsafe {
         libc::send(

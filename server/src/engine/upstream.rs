@@ -14,6 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
 
 use super::set_int_option;
+use super::transmit::send_copy;
 use crate::conn::Conn;
 use crate::proxy::{ProxySettings, UpstreamAddr};
 use crate::serve::Service;
@@ -264,26 +265,15 @@ impl Upstreams {
         loop {
             let mut progressed = false;
             while u.writable && !conn.upstream_pending().is_empty() {
-                let pending = conn.upstream_pending();
-                // SAFETY: sends from a live buffer of the given length on our own socket.
-                let n = unsafe {
-                    libc::send(
-                        fd,
-                        pending.as_ptr().cast(),
-                        pending.len(),
-                        libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-                    )
-                };
-                if n >= 0 {
-                    u.connecting = false;
-                    conn.upstream_sent(n as usize, service, now);
-                    progressed = true;
-                    continue;
-                }
-                match errno() {
-                    libc::EAGAIN => u.writable = false,
-                    libc::EINTR => {}
-                    e => {
+                match send_copy(fd, conn.upstream_pending()) {
+                    Ok(n) => {
+                        u.connecting = false;
+                        conn.upstream_sent(n, service, now);
+                        progressed = true;
+                    }
+                    Err(libc::EAGAIN) => u.writable = false,
+                    Err(libc::EINTR) => {}
+                    Err(e) => {
                         let doing = if u.connecting {
                             "cannot connect"
                         } else {
